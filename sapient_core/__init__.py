@@ -1,0 +1,74 @@
+"""sapient_core: one set of LLM forward-pass ops, served by installable backend plugins.
+
+>>> import sapient_core
+>>> backend = sapient_core.get_backend("auto", model_bytes=weights_nbytes)   # doctest: +SKIP
+>>> h = backend.rms_norm(x, w, 1e-6)                                          # doctest: +SKIP
+
+Importing this package is cheap: it imports no plugin, no accelerator library and not NumPy; the
+registry and the plugins load on the first call that needs them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import (BackendNotFoundError, BackendOpError, BackendUnavailableError, DTypeError,
+                     IncompatiblePluginError, OpDeclined, PluginLoadError, PluginValidationError,
+                     PluginWarning, SapientError, SapientWarning, ShapeError)
+from .hookspecs import HOOK_API_VERSION, hookimpl
+
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .registry import BackendInfo, Explanation, Registry
+
+__all__ = [
+    "__version__", "HOOK_API_VERSION", "hookimpl",
+    "get_backend", "list_backends", "explain", "register_backend", "unregister_backend", "refresh",
+    "default_registry",
+    "SapientError", "BackendNotFoundError", "BackendUnavailableError", "PluginLoadError",
+    "PluginValidationError", "IncompatiblePluginError", "ShapeError", "DTypeError", "OpDeclined",
+    "BackendOpError", "SapientWarning", "PluginWarning",
+]
+
+_registry = None
+
+
+def default_registry() -> "Registry":
+    """The process-wide registry the module-level functions use (created on first use)."""
+    global _registry
+    if _registry is None:
+        from .registry import Registry
+        _registry = Registry()
+    return _registry
+
+
+def get_backend(kind: str | None = None, *, model_bytes: int = 0, strict: bool | None = None) -> "Backend":
+    """Return the backend for ``kind``: ``"auto"`` (default, or ``SAPIENT_BACKEND``), ``"cpu"``, a
+    plugin name (``"mlx"``) or a device name (``"metal"``, ``"cuda"``).  See :meth:`Registry.get_backend`."""
+    return default_registry().get_backend(kind, model_bytes=model_bytes, strict=strict)
+
+
+def list_backends() -> "list[BackendInfo]":
+    """Every discovered plugin, with its status (available, unavailable, broken, disabled) and reason."""
+    return default_registry().list_backends()
+
+
+def explain(kind: str | None = None, *, model_bytes: int = 0) -> "Explanation":
+    """How ``kind`` resolves for a model of ``model_bytes``: each candidate and why it was taken or not."""
+    return default_registry().explain(kind, model_bytes=model_bytes)
+
+
+def register_backend(plugin: Any, name: str) -> None:
+    """Register a plugin object or module in-process (notebooks, tests), without an entry point."""
+    default_registry().register(plugin, name)
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a plugin registered with :func:`register_backend`."""
+    default_registry().unregister(name)
+
+
+def refresh() -> None:
+    """Discover the plugins again on the next call (re-reading ``SAPIENT_PLUGINS`` and friends)."""
+    default_registry().refresh()

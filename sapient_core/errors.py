@@ -1,0 +1,136 @@
+"""Exceptions and warnings raised by sapient_core.
+
+Every exception derives from :class:`SapientError`, and also from the builtin that a caller would
+naturally catch (``LookupError`` for "no such backend", ``ValueError``/``TypeError`` for bad input), so
+``except ValueError`` keeps working for code that does not know about this library.  Exceptions carry
+their context as attributes (``.backend``, ``.op``, ``.kind`` ...) as well as in the message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SapientError",
+    "BackendNotFoundError",
+    "BackendUnavailableError",
+    "PluginLoadError",
+    "PluginValidationError",
+    "IncompatiblePluginError",
+    "ShapeError",
+    "DTypeError",
+    "OpDeclined",
+    "BackendOpError",
+    "SapientWarning",
+    "PluginWarning",
+]
+
+
+class SapientError(Exception):
+    """Base class of every error this library raises."""
+
+
+class BackendNotFoundError(SapientError, LookupError):
+    """The requested kind names no installed plugin and no device any plugin provides.
+
+    :ivar kind: the kind that was asked for.
+    :ivar installed: names of the discovered plugins.
+    """
+
+    def __init__(self, message: str, *, kind: str | None = None, installed: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.kind = kind
+        self.installed = tuple(installed)
+
+
+class BackendUnavailableError(BackendNotFoundError):
+    """The requested kind is known but cannot be used here (plugin broken, disabled or unavailable).
+
+    :ivar reasons: ``{plugin name: reason}`` for every plugin that could have served the kind.
+    """
+
+    def __init__(self, message: str, *, kind: str | None = None, installed: tuple[str, ...] = (),
+                 reasons: dict[str, str] | None = None):
+        super().__init__(message, kind=kind, installed=installed)
+        self.reasons = dict(reasons or {})
+
+
+class PluginLoadError(SapientError):
+    """A plugin could not be loaded; it is recorded with this error and skipped.
+
+    :ivar plugin: the plugin's entry-point name.
+    """
+
+    def __init__(self, message: str, *, plugin: str | None = None):
+        super().__init__(message)
+        self.plugin = plugin
+
+
+class PluginValidationError(PluginLoadError):
+    """A plugin's hook implementations do not match the hook specifications."""
+
+
+class IncompatiblePluginError(PluginLoadError):
+    """A plugin was built for another hook API version."""
+
+
+class ShapeError(SapientError, ValueError):
+    """An op was called with arguments whose shapes or values do not fit together.
+
+    :ivar op: the op's name.
+    :ivar shapes: ``{argument name: shape}`` of the array arguments involved.
+    """
+
+    def __init__(self, message: str, *, op: str | None = None, shapes: dict | None = None):
+        super().__init__(message)
+        self.op = op
+        self.shapes = dict(shapes or {})
+
+
+class DTypeError(SapientError, TypeError):
+    """An op was called with an argument of a type or dtype it does not accept.
+
+    :ivar op: the op's name.
+    """
+
+    def __init__(self, message: str, *, op: str | None = None, shapes: dict | None = None):
+        super().__init__(message)
+        self.op = op
+        self.shapes = dict(shapes or {})
+
+
+class OpDeclined(SapientError):
+    """Raised by a plugin's op implementation to decline an input it does not handle.
+
+    The dispatcher then runs the CPU reference for that call (or raises in strict mode) and reports
+    the reason given here.  Declining is not an error of the caller: use it for inputs that are valid
+    under the contract but that your kernel does not support, e.g. ``raise OpDeclined("non-contiguous
+    positions")``.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BackendOpError(SapientError, RuntimeError):
+    """In strict mode: a backend's op raised or declined instead of computing the result.
+
+    :ivar backend: the backend's name.
+    :ivar op: the op's name.
+    :ivar reason: the backend's reason (its exception, or the text it declined with).
+    :ivar declined: True when the backend declined the input on purpose.
+    """
+
+    def __init__(self, message: str, *, backend: str, op: str, reason: str, declined: bool = False):
+        super().__init__(message)
+        self.backend = backend
+        self.op = op
+        self.reason = reason
+        self.declined = declined
+
+
+class SapientWarning(UserWarning):
+    """Base class of the warnings this library issues; filter it to silence them all."""
+
+
+class PluginWarning(SapientWarning):
+    """Something a person can fix was skipped: a broken plugin, a duplicate entry-point name."""

@@ -1,0 +1,133 @@
+"""Device memory and the rule that decides whether a model fits.
+
+The rule lives here and only here (:class:`FitPolicy`): a model of ``model_bytes`` fits a device of
+``total_bytes`` when ``model_bytes * factor <= total_bytes - reserve_bytes``.  The default is the
+contract's: ``factor=1.5`` (weights plus activations, KV cache and framework overhead) and
+``reserve_bytes=2 GiB`` (left to the OS and other programs).  ``model_bytes == 0`` means "unknown" and
+always fits.  When the device memory is unknown and ``model_bytes > 0``, the model does *not* fit:
+``get_backend("auto")`` passes over that backend (and says so) rather than guess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import subprocess
+from typing import Any
+
+__all__ = ["GiB", "FitPolicy", "FitDecision", "MemoryInfo", "system_memory", "DEFAULT_POLICY",
+           "set_default_policy"]
+
+GiB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryInfo:
+    """The memory a plugin can use, as it reported it.
+
+    :ivar total_bytes: the figure the fit decision uses, or None when unknown.
+    :ivar source: where the figure came from.
+    :ivar reason: why it is unknown (empty when known).
+    :ivar details: other figures the plugin reported.
+    """
+
+    total_bytes: int | None
+    source: str
+    reason: str = ""
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitDecision:
+    """Whether a model fits, and the arithmetic that says so."""
+
+    fits: bool
+    explanation: str
+    usable_bytes: int | None
+    needed_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FitPolicy:
+    """``fits`` when ``model_bytes * factor <= total_bytes - reserve_bytes``."""
+
+    factor: float = 1.5
+    reserve_bytes: int = 2 * GiB
+
+    def decide(self, model_bytes: int, memory: MemoryInfo) -> FitDecision:
+        needed = int(model_bytes * self.factor)
+        if model_bytes == 0:
+            usable = None if memory.total_bytes is None else memory.total_bytes - self.reserve_bytes
+            return FitDecision(True, "model size unknown (model_bytes=0): fits by definition", usable, 0)
+        if memory.total_bytes is None:
+            return FitDecision(
+                False,
+                f"device memory unknown ({memory.reason or 'no reason given'}): cannot check a "
+                f"{_fmt(model_bytes)} model, so it is not assumed to fit",
+                None, needed)
+        usable = memory.total_bytes - self.reserve_bytes
+        ok = needed <= usable
+        return FitDecision(
+            ok,
+            f"{_fmt(model_bytes)} x {self.factor:g} = {_fmt(needed)} {'<=' if ok else '>'} usable "
+            f"{_fmt(usable)} ({_fmt(memory.total_bytes)} from {memory.source} - {_fmt(self.reserve_bytes)} "
+            f"reserve)",
+            usable, needed)
+
+
+DEFAULT_POLICY = FitPolicy()
+
+
+def set_default_policy(policy: FitPolicy) -> FitPolicy:
+    """Replace the default fit policy (for every later resolution); returns the previous one."""
+    global DEFAULT_POLICY
+    if not isinstance(policy, FitPolicy):
+        raise TypeError(f"set_default_policy expects a FitPolicy, got {type(policy).__name__}")
+    previous, DEFAULT_POLICY = DEFAULT_POLICY, policy
+    return previous
+
+
+def _fmt(n: int) -> str:
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    if n >= GiB:
+        return f"{sign}{n / GiB:.2f} GiB"
+    if n >= 1024 ** 2:
+        return f"{sign}{n / 1024 ** 2:.1f} MiB"
+    return f"{sign}{n} B"
+
+
+def system_memory() -> MemoryInfo:
+    """The machine's RAM: ``/proc/meminfo`` on Linux, ``sysctl hw.memsize`` on macOS."""
+    system = platform.system()
+    if system == "Linux":
+        return _meminfo("/proc/meminfo")
+    if system == "Darwin":
+        return _sysctl_memsize()
+    return MemoryInfo(None, "system RAM", f"reading RAM is not supported on {system!r}")
+
+
+def _meminfo(path: str) -> MemoryInfo:
+    try:
+        with open(path, encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    parts = line.split()
+                    unit = parts[2].lower() if len(parts) > 2 else "kb"
+                    scale = {"kb": 1024, "mb": 1024 ** 2, "gb": GiB}.get(unit, 1)
+                    return MemoryInfo(int(parts[1]) * scale, f"{path} MemTotal")
+    except (OSError, ValueError, IndexError) as exc:
+        return MemoryInfo(None, f"{path} MemTotal", f"could not read {path}: {exc}")
+    return MemoryInfo(None, f"{path} MemTotal", f"{path} has no MemTotal line")
+
+
+def _sysctl_memsize() -> MemoryInfo:
+    try:
+        out = subprocess.run(["sysctl", "-n", "hw.memsize"], capture_output=True, text=True,
+                             timeout=5, check=True).stdout
+        return MemoryInfo(int(out.strip()), "sysctl hw.memsize")
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        return MemoryInfo(None, "sysctl hw.memsize", f"sysctl hw.memsize failed: {exc}")

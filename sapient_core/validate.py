@@ -1,0 +1,332 @@
+"""Input validation for every op, done once in the core before any backend sees the arguments.
+
+Each ``check_<op>`` takes the op's arguments, raises :class:`ShapeError` (a ``ValueError``) or
+:class:`DTypeError` (a ``TypeError``) naming the op and every shape involved, and returns None, except
+the RoPE checks, which return the positions as an integer array (lists and ranges are accepted).
+The checks read only ``.shape`` and ``.dtype``, so they work for NumPy arrays and for any backend's
+array type (``mx.array`` included).  They are on the hot path: keep them to attribute reads and
+comparisons.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .errors import DTypeError, ShapeError
+
+__all__ = ["float_dtype_name", "CHECKS"]
+
+_FLOAT_NAMES = ("float32", "float16", "bfloat16")
+_F32 = np.dtype(np.float32)
+_DTYPE_CACHE: dict[Any, str | None] = {_F32: "float32", np.dtype(np.float16): "float16"}
+_INT_CACHE: dict[Any, bool] = {}
+
+
+def float_dtype_name(dtype: Any) -> str | None:
+    """``"float32"``, ``"float16"`` or ``"bfloat16"`` for an accepted dtype (NumPy, MLX, ...), else None."""
+    try:
+        return _DTYPE_CACHE[dtype]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable dtype object
+        return _classify(dtype)
+    name = _DTYPE_CACHE[dtype] = _classify(dtype)
+    return name
+
+
+def _classify(dtype: Any) -> str | None:
+    text = str(dtype).rsplit(".", 1)[-1].lower()
+    return text if text in _FLOAT_NAMES else None
+
+
+def _is_int_dtype(dtype: Any) -> bool:
+    try:
+        return _INT_CACHE[dtype]
+    except KeyError:
+        pass
+    text = str(dtype).rsplit(".", 1)[-1].lower()
+    ok = text.startswith(("int", "uint"))
+    _INT_CACHE[dtype] = ok
+    return ok
+
+
+def _shape(x: Any) -> tuple:
+    return tuple(x.shape)
+
+
+def _desc(**arrays: Any) -> str:
+    return ", ".join(f"{k} {_shape(v) if hasattr(v, 'shape') else type(v).__name__}"
+                     for k, v in arrays.items())
+
+
+def _shapes(**arrays: Any) -> dict:
+    return {k: (_shape(v) if hasattr(v, "shape") else None) for k, v in arrays.items()}
+
+
+def _bad_type(op: str, name: str, value: Any, **arrays: Any) -> DTypeError:
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        what = f"{name} must be an array (NumPy or the backend's array type), got {type(value).__name__}"
+    else:
+        what = (f"{name} has dtype {value.dtype}; accepted: float32, float16, bfloat16 (computed in float32)."
+                f" To remedy this, pass {name}.astype(numpy.float32)")
+    return DTypeError(f"{op}: {what} ({_desc(**arrays)})", op=op, shapes=_shapes(**arrays))
+
+
+def _float(op: str, name: str, value: Any, arrays: dict) -> None:
+    try:
+        dt = value.dtype
+        value.shape
+    except AttributeError:
+        raise _bad_type(op, name, value, **arrays) from None
+    if dt is _F32:
+        return
+    if float_dtype_name(dt) is None:
+        raise _bad_type(op, name, value, **arrays)
+
+
+def _shape_error(op: str, what: str, **arrays: Any) -> ShapeError:
+    return ShapeError(f"{op}: {what} ({_desc(**arrays)})", op=op, shapes=_shapes(**arrays))
+
+
+def _real(op: str, name: str, value: Any, *, positive: bool = False, nonneg: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise DTypeError(f"{op}: {name} must be a real number, got {type(value).__name__} {value!r}", op=op)
+    if value != value:
+        raise ShapeError(f"{op}: {name} must not be NaN", op=op)
+    if positive and not value > 0:
+        raise ShapeError(f"{op}: {name} must be > 0, got {value!r}", op=op)
+    if nonneg and not value >= 0:
+        raise ShapeError(f"{op}: {name} must be >= 0, got {value!r}", op=op)
+
+
+# --- linear ------------------------------------------------------------------------------------------
+
+def _check_linear(op: str, x: Any, weight: Any, bias: Any = None, with_bias: bool = False) -> None:
+    arrays = {"x": x, "weight": weight}
+    if with_bias and bias is not None:
+        arrays["bias"] = bias
+    _float(op, "x", x, arrays)
+    _float(op, "weight", weight, arrays)
+    xs = x.shape
+    ws = weight.shape
+    if len(xs) != 3:
+        raise _shape_error(op, f"x must be 3-D (B, S, in), got {len(xs)}-D", **arrays)
+    if len(ws) != 2:
+        raise _shape_error(op, f"weight must be 2-D (out, in), got {len(ws)}-D", **arrays)
+    if xs[2] != ws[1]:
+        raise _shape_error(op, f"x has {xs[2]} input features but weight expects {ws[1]}", **arrays)
+    if bias is not None:
+        _float(op, "bias", bias, arrays)
+        if tuple(bias.shape) != (ws[0],):
+            raise _shape_error(op, f"bias must have shape ({ws[0]},) to match weight", **arrays)
+
+
+def check_linear_3d(x: Any, weight: Any) -> None:
+    _check_linear("linear_3d", x, weight)
+
+
+def check_linear_3d_bias(x: Any, weight: Any, bias: Any) -> None:
+    _check_linear("linear_3d_bias", x, weight, bias, with_bias=True)
+
+
+# --- norms -------------------------------------------------------------------------------------------
+
+def check_rms_norm(x: Any, weight: Any, eps: Any) -> None:
+    arrays = {"x": x, "weight": weight}
+    _float("rms_norm", "x", x, arrays)
+    _float("rms_norm", "weight", weight, arrays)
+    xs = x.shape
+    if not xs:
+        raise _shape_error("rms_norm", "x must have at least one dimension", **arrays)
+    if len(weight.shape) != 1 or weight.shape[0] != xs[-1]:
+        raise _shape_error("rms_norm", f"weight must have shape ({xs[-1]},) to match x's last dimension",
+                           **arrays)
+    if type(eps) is not float or not eps >= 0:
+        _real("rms_norm", "eps", eps, nonneg=True)
+
+
+def check_layer_norm(x: Any, weight: Any, bias: Any, eps: Any) -> None:
+    arrays = {"x": x, "weight": weight}
+    if bias is not None:
+        arrays["bias"] = bias
+    _float("layer_norm", "x", x, arrays)
+    _float("layer_norm", "weight", weight, arrays)
+    xs = x.shape
+    if not xs:
+        raise _shape_error("layer_norm", "x must have at least one dimension", **arrays)
+    if len(weight.shape) != 1 or weight.shape[0] != xs[-1]:
+        raise _shape_error("layer_norm", f"weight must have shape ({xs[-1]},) to match x's last dimension",
+                           **arrays)
+    if bias is not None:
+        _float("layer_norm", "bias", bias, arrays)
+        if len(bias.shape) != 1 or bias.shape[0] != xs[-1]:
+            raise _shape_error("layer_norm", f"bias must have shape ({xs[-1]},) to match x's last dimension",
+                               **arrays)
+    if type(eps) is not float or not eps >= 0:
+        _real("layer_norm", "eps", eps, nonneg=True)
+
+
+# --- elementwise -------------------------------------------------------------------------------------
+
+def check_silu(x: Any) -> None:
+    _float("silu", "x", x, {"x": x})
+
+
+def check_gelu(x: Any, approximate: Any) -> None:
+    _float("gelu", "x", x, {"x": x})
+    if approximate != "none" and approximate != "tanh":
+        raise ShapeError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}", op="gelu",
+                         shapes=_shapes(x=x))
+
+
+def _check_binary(op: str, a: Any, b: Any) -> None:
+    arrays = {"a": a, "b": b}
+    _float(op, "a", a, arrays)
+    _float(op, "b", b, arrays)
+    if a.shape != b.shape:
+        try:
+            np.broadcast_shapes(tuple(a.shape), tuple(b.shape))
+        except ValueError:
+            raise _shape_error(op, "shapes do not broadcast together", **arrays) from None
+
+
+def check_add(a: Any, b: Any) -> None:
+    _check_binary("add", a, b)
+
+
+def check_mul(a: Any, b: Any) -> None:
+    _check_binary("mul", a, b)
+
+
+# --- rope --------------------------------------------------------------------------------------------
+
+def _positions(op: str, x: Any, positions: Any) -> Any:
+    if not hasattr(positions, "dtype") or not hasattr(positions, "shape"):
+        if isinstance(positions, (list, tuple, range)):
+            positions = np.asarray(positions)
+            if positions.size == 0:
+                positions = positions.astype(np.int64)
+        else:
+            raise DTypeError(f"{op}: positions must be a 1-D integer array (or a list of ints), got "
+                             f"{type(positions).__name__} ({_desc(x=x)})", op=op, shapes=_shapes(x=x))
+    if not _is_int_dtype(positions.dtype):
+        raise DTypeError(f"{op}: positions must have an integer dtype, got {positions.dtype} "
+                         f"({_desc(x=x, positions=positions)})", op=op, shapes=_shapes(x=x, positions=positions))
+    ps = positions.shape
+    if len(ps) != 1 or ps[0] != x.shape[2]:
+        raise _shape_error(op, f"positions must have shape ({x.shape[2]},), one per sequence position",
+                           x=x, positions=positions)
+    return positions
+
+
+def _check_rope_x(op: str, x: Any) -> None:
+    _float(op, "x", x, {"x": x})
+    if len(x.shape) != 4:
+        raise _shape_error(op, f"x must be 4-D (B, H, S, D), got {len(x.shape)}-D", x=x)
+
+
+def check_apply_rope_positions(x: Any, positions: Any, base: Any) -> Any:
+    op = "apply_rope_positions"
+    _check_rope_x(op, x)
+    if x.shape[3] % 2:
+        raise _shape_error(op, f"head size D={x.shape[3]} must be even", x=x)
+    positions = _positions(op, x, positions)
+    if type(base) is not float or not base > 0:
+        _real(op, "base", base, positive=True)
+    return positions
+
+
+def check_apply_rope_partial(x: Any, positions: Any, base: Any, rotary_dim: Any) -> Any:
+    op = "apply_rope_partial"
+    _check_rope_x(op, x)
+    positions = _positions(op, x, positions)
+    if type(base) is not float or not base > 0:
+        _real(op, "base", base, positive=True)
+    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, numbers.Integral):
+        raise DTypeError(f"{op}: rotary_dim must be an int, got {type(rotary_dim).__name__} {rotary_dim!r}",
+                         op=op, shapes=_shapes(x=x))
+    d = x.shape[3]
+    if rotary_dim % 2 or not 2 <= rotary_dim <= d:
+        raise _shape_error(op, f"rotary_dim={rotary_dim!r} must be even and between 2 and the head size "
+                               f"D={d}", x=x)
+    return positions
+
+
+# --- attention ---------------------------------------------------------------------------------------
+
+def check_gqa_attention(q: Any, k: Any, v: Any, n_kv_heads: Any, causal: Any) -> None:
+    op = "gqa_attention"
+    arrays = {"q": q, "k": k, "v": v}
+    _float(op, "q", q, arrays)
+    _float(op, "k", k, arrays)
+    _float(op, "v", v, arrays)
+    qs, ks, vs = q.shape, k.shape, v.shape
+    if len(qs) != 4 or len(ks) != 4 or len(vs) != 4:
+        raise _shape_error(op, "q must be (B, H, Sq, d) and k, v (B, KV, Sk, d)", **arrays)
+    if ks != vs:
+        raise _shape_error(op, "k and v must have the same shape", **arrays)
+    if qs[0] != ks[0]:
+        raise _shape_error(op, f"batch sizes differ: q has {qs[0]}, k and v have {ks[0]}", **arrays)
+    if qs[3] != ks[3]:
+        raise _shape_error(op, f"head sizes differ: q has {qs[3]}, k and v have {ks[3]}", **arrays)
+    if isinstance(n_kv_heads, bool) or not isinstance(n_kv_heads, numbers.Integral):
+        raise DTypeError(f"{op}: n_kv_heads must be an int, got {type(n_kv_heads).__name__} {n_kv_heads!r} "
+                         f"({_desc(**arrays)})", op=op, shapes=_shapes(**arrays))
+    if n_kv_heads != ks[1]:
+        raise _shape_error(op, f"n_kv_heads={n_kv_heads} but k and v have {ks[1]} heads", **arrays)
+    if n_kv_heads <= 0 or qs[1] % n_kv_heads:
+        raise _shape_error(op, f"{qs[1]} query heads are not divisible by n_kv_heads={n_kv_heads}", **arrays)
+    if causal is not True and causal is not False:
+        if not isinstance(causal, (bool, np.bool_)):
+            raise DTypeError(f"{op}: causal must be a bool, got {type(causal).__name__} {causal!r}", op=op)
+    if causal and qs[2] > ks[2]:
+        raise _shape_error(op, f"causal attention needs Sq <= Sk (query i sees keys <= i + Sk - Sq), "
+                               f"got Sq={qs[2]} > Sk={ks[2]}", **arrays)
+    if ks[2] == 0 and qs[2] > 0 and qs[0] > 0:
+        raise _shape_error(op, "no keys (Sk=0) for a non-empty query: the softmax is undefined", **arrays)
+
+
+# --- logits ------------------------------------------------------------------------------------------
+
+def _check_logits(op: str, hidden: Any, lm_head: Any, last: bool) -> None:
+    arrays = {"hidden": hidden, "lm_head": lm_head}
+    _float(op, "hidden", hidden, arrays)
+    _float(op, "lm_head", lm_head, arrays)
+    hs, ls = hidden.shape, lm_head.shape
+    if len(hs) != 3:
+        raise _shape_error(op, f"hidden must be 3-D (B, S, h), got {len(hs)}-D", **arrays)
+    if len(ls) != 2:
+        raise _shape_error(op, f"lm_head must be 2-D (vocab, h), got {len(ls)}-D", **arrays)
+    if hs[2] != ls[1]:
+        raise _shape_error(op, f"hidden size {hs[2]} does not match lm_head's {ls[1]}", **arrays)
+    if last and hs[1] == 0 and hs[0] > 0:
+        raise _shape_error(op, "hidden has no positions (S=0): there is no last position", **arrays)
+
+
+def check_logits_from_hidden(hidden: Any, lm_head: Any) -> None:
+    _check_logits("logits_from_hidden", hidden, lm_head, True)
+
+
+def check_all_logits_from_hidden(hidden: Any, lm_head: Any) -> None:
+    _check_logits("all_logits_from_hidden", hidden, lm_head, False)
+
+
+#: op name -> check function; the RoPE checks return the (normalised) positions.
+CHECKS = {
+    "linear_3d": check_linear_3d,
+    "linear_3d_bias": check_linear_3d_bias,
+    "rms_norm": check_rms_norm,
+    "layer_norm": check_layer_norm,
+    "silu": check_silu,
+    "gelu": check_gelu,
+    "add": check_add,
+    "mul": check_mul,
+    "apply_rope_positions": check_apply_rope_positions,
+    "apply_rope_partial": check_apply_rope_partial,
+    "gqa_attention": check_gqa_attention,
+    "logits_from_hidden": check_logits_from_hidden,
+    "all_logits_from_hidden": check_all_logits_from_hidden,
+}
