@@ -10,6 +10,7 @@ registry and the plugins load on the first call that needs them.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
@@ -32,14 +33,17 @@ __all__ = [
 ]
 
 _registry = None
+_registry_lock = threading.Lock()
 
 
 def default_registry() -> "Registry":
     """The process-wide registry the module-level functions use (created on first use)."""
     global _registry
     if _registry is None:
-        from .registry import Registry
-        _registry = Registry()
+        with _registry_lock:
+            if _registry is None:
+                from .registry import Registry
+                _registry = Registry()
     return _registry
 
 

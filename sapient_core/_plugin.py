@@ -142,13 +142,18 @@ def check_hooks(name: str, plugin: Any) -> None:
         spec_args = ALL_HOOKS[hook]
         for p in sig.parameters.values():
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                stars = "*" if p.kind is p.VAR_POSITIONAL else "**"
                 raise PluginValidationError(
-                    f"plugin {name!r}: {hook}{sig} takes *{p.name}; name the arguments it uses, from "
-                    f"{spec_args}", plugin=name)
+                    f"plugin {name!r}: {hook}{sig} takes {stars}{p.name}. To remedy this, name the "
+                    f"arguments it uses, from {spec_args}", plugin=name)
+            if p.kind is p.KEYWORD_ONLY:
+                raise PluginValidationError(
+                    f"plugin {name!r}: {hook}{sig} takes {p.name!r} as keyword-only, but hooks are called "
+                    f"with positional arguments. To remedy this, remove the '*'", plugin=name)
             if p.name not in spec_args:
                 raise PluginValidationError(
-                    f"plugin {name!r}: {hook}{sig} has argument {p.name!r}, which the spec does not have; "
-                    f"the spec's arguments are {spec_args}", plugin=name)
+                    f"plugin {name!r}: {hook}{sig} has argument {p.name!r}, which the spec does not have. "
+                    f"To remedy this, use (a subset of) the spec's arguments {spec_args}", plugin=name)
             if p.default is not p.empty:
                 raise PluginValidationError(
                     f"plugin {name!r}: {hook}{sig} gives {p.name!r} a default value ({p.default!r}); "
@@ -226,7 +231,7 @@ def load_into(pm: pluggy.PluginManager, rec: PluginRecord, plugin: Any = None) -
     if plugin is None:
         try:
             plugin = rec.loader()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() at import is broken, too
             raise PluginLoadError(f"plugin {name!r}: importing {rec.target} failed: "
                                   f"{type(exc).__name__}: {exc}", plugin=name) from exc
     check_hooks(name, plugin)

@@ -33,11 +33,15 @@ _ARRAY_ARGS = frozenset({"x", "weight", "bias", "a", "b", "positions", "q", "k",
 _NUMPY_RESULT_OPS = frozenset({"logits_from_hidden", "all_logits_from_hidden"})
 _ROPE_OPS = frozenset({"apply_rope_positions", "apply_rope_partial"})
 _ndarray = np.ndarray
+_WARNED_LOCK = threading.Lock()
 
 
 def _count(counter: "itertools.count") -> int:
-    """Read an ``itertools.count`` without advancing it (``next`` on it is atomic under the GIL)."""
-    return counter.__reduce__()[1][0]
+    """Read an ``itertools.count`` without advancing it (``next`` on it is atomic under the GIL).
+
+    Its repr is ``count(N)``; ``__reduce__`` would also tell, but pickling itertools objects is
+    deprecated since Python 3.12 and gone in 3.14."""
+    return int(repr(counter)[6:-1])
 
 
 def _adapter(fn: Callable, spec_args: tuple[str, ...], impl_args: tuple[str, ...]) -> Callable:
@@ -208,6 +212,7 @@ class Backend:
             with self._fallback_lock:
                 per_op = self._fallbacks.setdefault(op, {})
                 per_op[reason] = per_op.get(reason, 0) + 1
+            with _WARNED_LOCK:  # shared by every Backend object of the plugin: one warning per plugin
                 first = (op, reason) not in record.warned
                 record.warned.add((op, reason))
             if first:

@@ -99,6 +99,9 @@ def backend_to_numpy(x: Any) -> Any:
 
     Default: ``numpy.asarray(x)``.  Used by ``Backend.to_numpy`` and to hand inputs to the CPU
     reference when an op falls back.
+
+    :param x: an array of this backend's type (any shape and dtype), or a NumPy array.
+    :returns: a NumPy array with the same shape and values (float32 stays float32).
     """
 
 
@@ -108,6 +111,9 @@ def backend_from_numpy(x: Any) -> Any:
 
     Default: ``x`` unchanged.  Used to return the CPU reference's result of a fallback in the
     backend's own type, so that a chain of ops keeps one array type.
+
+    :param x: a NumPy array (any shape; float32 for op results).
+    :returns: the same values in this backend's array type.
     """
 
 
@@ -129,6 +135,9 @@ def backend_stats() -> dict[str, Any]:
     """Return plugin-specific statistics (e.g. weight-cache size and uploads).  Optional.
 
     The dict is shown under ``"plugin"`` in ``Backend.stats()``; keep its values JSON-serialisable.
+
+    :returns: a dict of plugin-specific counters, e.g. ``{"weight_uploads": 3}``.  If the hook raises,
+        ``Backend.stats()`` shows ``{"error": ...}`` instead.
     """
 
 
@@ -207,8 +216,8 @@ def gelu(x: Any, approximate: str) -> Any:
 def add(a: Any, b: Any) -> Any:
     """Return ``a + b`` with NumPy broadcasting.
 
-    :param a: float32 array.
-    :param b: float32 array whose shape broadcasts with a's.
+    :param a: float32, any shape.
+    :param b: float32, a shape that broadcasts with a's (e.g. (D,) against (B, S, D)).
     :returns: the broadcast shape, float32.
     """
 
@@ -217,8 +226,8 @@ def add(a: Any, b: Any) -> Any:
 def mul(a: Any, b: Any) -> Any:
     """Return ``a * b`` with NumPy broadcasting.
 
-    :param a: float32 array.
-    :param b: float32 array whose shape broadcasts with a's.
+    :param a: float32, any shape.
+    :param b: float32, a shape that broadcasts with a's (e.g. (D,) against (B, S, D)).
     :returns: the broadcast shape, float32.
     """
 

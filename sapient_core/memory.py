@@ -11,14 +11,17 @@ always fits.  When the device memory is unknown and ``model_bytes > 0``, the mod
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import subprocess
 from typing import Any
 
 __all__ = ["GiB", "FitPolicy", "FitDecision", "MemoryInfo", "system_memory", "DEFAULT_POLICY",
-           "set_default_policy"]
+           "set_default_policy", "MEMINFO_PATH"]
 
 GiB = 1024 ** 3
+#: Where Linux reports the machine's RAM (a module attribute so that tests can point it elsewhere).
+MEMINFO_PATH = "/proc/meminfo"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +55,27 @@ class FitDecision:
 
 @dataclasses.dataclass(frozen=True)
 class FitPolicy:
-    """``fits`` when ``model_bytes * factor <= total_bytes - reserve_bytes``."""
+    """``fits`` when ``model_bytes * factor <= total_bytes - reserve_bytes``.
+
+    The comparison is exact (``factor`` is taken as the fraction its float stands for), so a model fits
+    at the boundary and not one byte past it; ``needed_bytes`` is ``model_bytes * factor`` rounded up.
+    """
 
     factor: float = 1.5
     reserve_bytes: int = 2 * GiB
 
+    def __post_init__(self) -> None:
+        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) or not self.factor > 0 \
+                or not math.isfinite(self.factor):
+            raise ValueError(f"FitPolicy: factor must be a finite number > 0, got {self.factor!r}")
+        if isinstance(self.reserve_bytes, bool) or not isinstance(self.reserve_bytes, int) \
+                or self.reserve_bytes < 0:
+            raise ValueError(f"FitPolicy: reserve_bytes must be an int >= 0, got {self.reserve_bytes!r}")
+
     def decide(self, model_bytes: int, memory: MemoryInfo) -> FitDecision:
-        needed = int(model_bytes * self.factor)
+        # Exact: ceil(model_bytes * factor) <= usable  <=>  model_bytes * factor <= usable (usable is an int).
+        num, den = float(self.factor).as_integer_ratio()
+        needed = -(-model_bytes * num // den)
         if model_bytes == 0:
             usable = None if memory.total_bytes is None else memory.total_bytes - self.reserve_bytes
             return FitDecision(True, "model size unknown (model_bytes=0): fits by definition", usable, 0)
@@ -70,11 +87,13 @@ class FitPolicy:
                 None, needed)
         usable = memory.total_bytes - self.reserve_bytes
         ok = needed <= usable
+        need_s, usable_s = _fmt(needed), _fmt(usable)
+        if need_s == usable_s and not need_s.endswith(" B"):  # rounded alike: show the exact bytes
+            need_s, usable_s = f"{need_s} ({needed} B)", f"{usable_s} ({usable} B)"
         return FitDecision(
             ok,
-            f"{_fmt(model_bytes)} x {self.factor:g} = {_fmt(needed)} {'<=' if ok else '>'} usable "
-            f"{_fmt(usable)} ({_fmt(memory.total_bytes)} from {memory.source} - {_fmt(self.reserve_bytes)} "
-            f"reserve)",
+            f"{_fmt(model_bytes)} x {self.factor:g} = {need_s} {'<=' if ok else '>'} usable {usable_s} "
+            f"({_fmt(memory.total_bytes)} from {memory.source} - {_fmt(self.reserve_bytes)} reserve)",
             usable, needed)
 
 
@@ -104,7 +123,7 @@ def system_memory() -> MemoryInfo:
     """The machine's RAM: ``/proc/meminfo`` on Linux, ``sysctl hw.memsize`` on macOS."""
     system = platform.system()
     if system == "Linux":
-        return _meminfo("/proc/meminfo")
+        return _meminfo(MEMINFO_PATH)
     if system == "Darwin":
         return _sysctl_memsize()
     return MemoryInfo(None, "system RAM", f"reading RAM is not supported on {system!r}")

@@ -16,6 +16,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 import logging
+import operator
 import os
 import re
 import threading
@@ -30,6 +31,7 @@ from .backend import Backend
 from .errors import (BackendNotFoundError, BackendUnavailableError, PluginLoadError, PluginValidationError,
                      PluginWarning)
 from .memory import FitPolicy, MemoryInfo
+from .memory import _fmt as _fmt_bytes
 
 __all__ = ["ENTRY_POINT_GROUP", "REFERENCE", "Registry", "BackendInfo", "Candidate", "Explanation"]
 
@@ -67,6 +69,7 @@ class BackendInfo:
     :ivar capabilities: the full report, for loaded plugins.
     :ivar memory: the device memory it reports, for loaded plugins.
     :ivar implemented_ops: the ops it implements itself.
+    :ivar error: for a broken plugin, the :class:`PluginLoadError` (or subclass) that refused it.
     """
 
     name: str
@@ -82,10 +85,15 @@ class BackendInfo:
     capabilities: Capabilities | None
     memory: MemoryInfo | None
     implemented_ops: tuple[str, ...]
+    error: PluginLoadError | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        """A JSON-friendly dict; ``error`` becomes the exception's class name ("" when not broken)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["capabilities"] = self.capabilities.as_dict() if self.capabilities else None
+        d["memory"] = self.memory.as_dict() if self.memory else None
         d["implemented_ops"] = list(self.implemented_ops)
+        d["error"] = type(self.error).__name__ if self.error is not None else ""
         return d
 
 
@@ -128,7 +136,8 @@ class Explanation:
                 "candidates": [c.as_dict() for c in self.candidates]}
 
     def __str__(self) -> str:
-        lines = [f"kind {self.kind!r} (from {self.source}), model_bytes={self.model_bytes}: {self.rule}"]
+        size = f" ({_fmt_bytes(self.model_bytes)})" if self.model_bytes >= 1024 else ""
+        lines = [f"kind {self.kind!r} (from {self.source}), model_bytes={self.model_bytes}{size}: {self.rule}"]
         for c in self.candidates:
             mark = "->" if c.chosen else "  "
             lines.append(f" {mark} {c.name:<12} {c.status:<11} device={c.device or '-':<6} {c.reason}")
@@ -220,8 +229,9 @@ class Registry:
         elif name in self._records:
             prev = self._records[name]
             problem = (f"duplicate backend name {name!r}: {dist or '?'} ({ep.value}) and "
-                       f"{prev.distribution or '?'} ({prev.target}) both declare it; using the latter. "
-                       f"To remedy this, uninstall one of them")
+                       f"{prev.distribution or '?'} ({prev.target}) both declare it; {name!r} is "
+                       f"{prev.distribution or '?'}'s (the first by distribution name), {dist or '?'}'s is "
+                       f"skipped. To remedy this, uninstall one of them")
         if problem:
             rec.status, rec.error = "broken", PluginLoadError(problem, plugin=name)
             self._extra.append(rec)
@@ -315,15 +325,15 @@ class Registry:
             source=rec.source, target=rec.target, priority=caps.priority if caps else None,
             thread_safe=caps.thread_safe if caps else None, capabilities=caps,
             memory=rec.memory if caps else None,
-            implemented_ops=tuple(op for op in hookspecs.OPS if op in rec.impls))
+            implemented_ops=tuple(op for op in hookspecs.OPS if op in rec.impls),
+            error=rec.error if rec.status == "broken" else None)
 
     # --- resolution ---------------------------------------------------------------------------------
 
     def explain(self, kind: str | None = None, *, model_bytes: int = 0) -> Explanation:
         """How ``kind`` resolves for a model of ``model_bytes``: each candidate and why."""
         kind, source = _resolve_kind_arg(kind)
-        if isinstance(model_bytes, bool) or not isinstance(model_bytes, int) or model_bytes < 0:
-            raise ValueError(f"model_bytes must be a non-negative int (0 = unknown), got {model_bytes!r}")
+        model_bytes = _check_model_bytes(model_bytes)
         policy = self._policy
         if policy is None:
             from . import memory
@@ -353,15 +363,16 @@ class Registry:
         self._ensure_loaded(rec)
         rule = "the plugin of that name, on its best available device"
         status, reason = self._status(rec)
-        installed = tuple(self._records)
         if status != "available":
             if status == "disabled":
                 msg = (f"backend {kind!r} is installed but not loaded: {reason}. To remedy this, add it to "
                        f"SAPIENT_PLUGINS (or unset SAPIENT_PLUGINS / SAPIENT_DISABLE_PLUGIN_AUTOLOAD)")
             elif status == "broken":
-                msg = f"backend {kind!r} is installed but broken: {reason}"
+                msg = (f"backend {kind!r} is installed but broken: {reason}. `sapient-backends list` shows every "
+                       f"plugin's status; get_backend('auto') uses the ones that work")
             else:
-                msg = f"backend {kind!r} is not available here: {reason}"
+                msg = (f"backend {kind!r} is not available here: {reason}. get_backend('auto') picks the best "
+                       f"available backend")
             cand = self._candidate(rec, False, reason)
             return Explanation(kind, source, rule, model_bytes, None, [cand], msg,
                                BackendUnavailableError, {kind: reason})
@@ -407,10 +418,11 @@ class Registry:
             return Explanation(kind, source, rule, model_bytes, providers[0].name, cands)
         installed = tuple(self._records)
         broken = [r.name for r in records if r.status in ("broken", "disabled")]
-        tail = f" (not loaded, so not asked: {', '.join(broken)})" if broken else ""
+        tail = f" (not asked, because broken or disabled: {', '.join(broken)})" if broken else ""
         if reasons:
             detail = "; ".join(f"{n}: {w}" for n, w in reasons.items())
-            msg = f"no available backend provides {kind!r}: {detail}{tail}"
+            msg = (f"no available backend provides {kind!r}: {detail}{tail}. get_backend('auto') picks the best "
+                   f"available backend")
             return Explanation(kind, source, rule, model_bytes, None, cands, msg, BackendUnavailableError,
                                reasons)
         if kind in DEVICE_REMEDIES:
@@ -497,6 +509,8 @@ class Registry:
                 backend = Backend(self._records[exp.chosen], self._reference(), strict=bool(strict),
                                   explanation=exp)
                 self._backends[key] = backend
+            else:  # the same (cached) object: it carries the latest resolution's explanation
+                backend.explanation = exp
         return backend
 
     def _reference(self) -> PluginRecord:
@@ -508,6 +522,23 @@ class Registry:
                 f"does not implement. To remedy this: pip install --force-reinstall {REFERENCE_DIST}",
                 kind=REFERENCE, installed=tuple(self._records), reasons={REFERENCE: str(ref.error)})
         return ref
+
+
+def _check_model_bytes(model_bytes: Any) -> int:
+    """``model_bytes`` as an int (NumPy integers accepted); TypeError / ValueError otherwise."""
+    if not isinstance(model_bytes, bool):
+        try:
+            model_bytes = operator.index(model_bytes)
+        except TypeError:
+            pass
+        else:
+            if model_bytes < 0:
+                raise ValueError(f"model_bytes must be >= 0 (the model's weight bytes; 0 = unknown), got "
+                                 f"{model_bytes}")
+            return model_bytes
+    raise TypeError(f"model_bytes must be an int, the model's weight bytes (0 = unknown), got "
+                    f"{type(model_bytes).__name__} {model_bytes!r}. To remedy this, pass e.g. "
+                    f"sum(w.nbytes for w in weights)")
 
 
 def _resolve_kind_arg(kind: str | None) -> tuple[str, str]:

@@ -6,6 +6,11 @@ the RoPE checks, which return the positions as an integer array (lists and range
 The checks read only ``.shape`` and ``.dtype``, so they work for NumPy arrays and for any backend's
 array type (``mx.array`` included).  They are on the hot path: keep them to attribute reads and
 comparisons.
+
+Each check starts with a fast path: one expression that accepts the common case (float32 arrays whose
+shapes fit) and returns; anything else (float16, a wrong shape, a non-array ...) goes through the full
+check, which raises the error or accepts.  The fast path may only accept what the full check accepts
+(tests/test_core_backend.py checks both on the same inputs).
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ __all__ = ["float_dtype_name", "CHECKS"]
 
 _FLOAT_NAMES = ("float32", "float16", "bfloat16")
 _F32 = np.dtype(np.float32)
+_ndarray = np.ndarray
 _DTYPE_CACHE: dict[Any, str | None] = {_F32: "float32", np.dtype(np.float16): "float16"}
+#: Every float32 dtype object seen so far (NumPy's, and e.g. ``mx.float32`` once an MLX array has been
+#: checked): the fast paths test ``dtype is _F32`` first (NumPy) and this set only for other array types.
+_F32S: set[Any] = {_F32}
 _INT_CACHE: dict[Any, bool] = {}
 
 
@@ -34,6 +43,8 @@ def float_dtype_name(dtype: Any) -> str | None:
     except TypeError:  # unhashable dtype object
         return _classify(dtype)
     name = _DTYPE_CACHE[dtype] = _classify(dtype)
+    if name == "float32":
+        _F32S.add(dtype)
     return name
 
 
@@ -125,16 +136,40 @@ def _check_linear(op: str, x: Any, weight: Any, bias: Any = None, with_bias: boo
 
 
 def check_linear_3d(x: Any, weight: Any) -> None:
+    try:  # fast path: float32 arrays of matching shapes (the common case); anything else is checked fully
+        _, _, n = x.shape
+        _, m = weight.shape
+        if ((x.dtype is _F32 or x.dtype in _F32S) and (weight.dtype is _F32 or weight.dtype in _F32S)
+                and n == m):
+            return
+    except (AttributeError, TypeError, ValueError):
+        pass
     _check_linear("linear_3d", x, weight)
 
 
 def check_linear_3d_bias(x: Any, weight: Any, bias: Any) -> None:
+    try:
+        _, _, n = x.shape
+        o, m = weight.shape
+        if ((x.dtype is _F32 or x.dtype in _F32S) and (weight.dtype is _F32 or weight.dtype in _F32S)
+                and n == m and (bias is None or ((bias.dtype is _F32 or bias.dtype in _F32S) and bias.shape == (o,)))):
+            return
+    except (AttributeError, TypeError, ValueError):
+        pass
     _check_linear("linear_3d_bias", x, weight, bias, with_bias=True)
 
 
 # --- norms -------------------------------------------------------------------------------------------
 
 def check_rms_norm(x: Any, weight: Any, eps: Any) -> None:
+    try:
+        xs = x.shape
+        if ((x.dtype is _F32 or x.dtype in _F32S) and (weight.dtype is _F32 or weight.dtype in _F32S)
+                and xs and weight.shape == xs[-1:]
+                and type(eps) is float and eps >= 0):
+            return
+    except (AttributeError, TypeError, ValueError):
+        pass
     arrays = {"x": x, "weight": weight}
     _float("rms_norm", "x", x, arrays)
     _float("rms_norm", "weight", weight, arrays)
@@ -149,6 +184,15 @@ def check_rms_norm(x: Any, weight: Any, eps: Any) -> None:
 
 
 def check_layer_norm(x: Any, weight: Any, bias: Any, eps: Any) -> None:
+    try:
+        xs = x.shape
+        if ((x.dtype is _F32 or x.dtype in _F32S) and (weight.dtype is _F32 or weight.dtype in _F32S)
+                and xs and weight.shape == xs[-1:]
+                and (bias is None or ((bias.dtype is _F32 or bias.dtype in _F32S) and bias.shape == xs[-1:]))
+                and type(eps) is float and eps >= 0):
+            return
+    except (AttributeError, TypeError, ValueError):
+        pass
     arrays = {"x": x, "weight": weight}
     if bias is not None:
         arrays["bias"] = bias
@@ -172,14 +216,40 @@ def check_layer_norm(x: Any, weight: Any, bias: Any, eps: Any) -> None:
 # --- elementwise -------------------------------------------------------------------------------------
 
 def check_silu(x: Any) -> None:
+    try:
+        if x.dtype is _F32 or x.dtype in _F32S:
+            x.shape
+            return
+    except (AttributeError, TypeError, ValueError):
+        pass
     _float("silu", "x", x, {"x": x})
 
 
 def check_gelu(x: Any, approximate: Any) -> None:
+    try:
+        if ((x.dtype is _F32 or x.dtype in _F32S) and type(approximate) is str
+                and (approximate == "none" or approximate == "tanh")):
+            x.shape
+            return
+    except (AttributeError, TypeError, ValueError):
+        pass
     _float("gelu", "x", x, {"x": x})
-    if approximate != "none" and approximate != "tanh":
+    if not isinstance(approximate, str) or approximate not in ("none", "tanh"):
         raise ShapeError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}", op="gelu",
                          shapes=_shapes(x=x))
+
+
+def _broadcastable(sa: Any, sb: Any) -> bool:
+    """NumPy's broadcasting rule on two shapes (a few times faster than ``np.broadcast_shapes``)."""
+    if sa == sb:
+        return True
+    na, nb = len(sa), len(sb)
+    if (sa[na - nb:] == sb) if nb <= na else (sb[nb - na:] == sa):   # (B, S, D) with (D,) or (S, D)
+        return True
+    for x, y in zip(reversed(sa), reversed(sb)):
+        if x != y and x != 1 and y != 1:
+            return False
+    return True
 
 
 def _check_binary(op: str, a: Any, b: Any) -> None:
@@ -194,10 +264,22 @@ def _check_binary(op: str, a: Any, b: Any) -> None:
 
 
 def check_add(a: Any, b: Any) -> None:
+    try:
+        if ((a.dtype is _F32 or a.dtype in _F32S) and (b.dtype is _F32 or b.dtype in _F32S)
+                and _broadcastable(a.shape, b.shape)):
+            return
+    except (AttributeError, TypeError, ValueError):
+        pass
     _check_binary("add", a, b)
 
 
 def check_mul(a: Any, b: Any) -> None:
+    try:
+        if ((a.dtype is _F32 or a.dtype in _F32S) and (b.dtype is _F32 or b.dtype in _F32S)
+                and _broadcastable(a.shape, b.shape)):
+            return
+    except (AttributeError, TypeError, ValueError):
+        pass
     _check_binary("mul", a, b)
 
 
@@ -229,6 +311,15 @@ def _check_rope_x(op: str, x: Any) -> None:
 
 
 def check_apply_rope_positions(x: Any, positions: Any, base: Any) -> Any:
+    try:
+        _, _, s, d = x.shape
+        if ((x.dtype is _F32 or x.dtype in _F32S) and not d % 2 and positions.__class__ is _ndarray
+                and positions.ndim == 1
+                and len(positions) == s and positions.dtype.kind in "iu" and type(base) is float
+                and base > 0):
+            return positions
+    except (AttributeError, TypeError, ValueError):
+        pass
     op = "apply_rope_positions"
     _check_rope_x(op, x)
     if x.shape[3] % 2:
@@ -240,6 +331,15 @@ def check_apply_rope_positions(x: Any, positions: Any, base: Any) -> Any:
 
 
 def check_apply_rope_partial(x: Any, positions: Any, base: Any, rotary_dim: Any) -> Any:
+    try:
+        _, _, s, d = x.shape
+        if ((x.dtype is _F32 or x.dtype in _F32S) and positions.__class__ is _ndarray
+                and positions.ndim == 1
+                and len(positions) == s and positions.dtype.kind in "iu" and type(base) is float
+                and base > 0 and type(rotary_dim) is int and not rotary_dim % 2 and 2 <= rotary_dim <= d):
+            return positions
+    except (AttributeError, TypeError, ValueError):
+        pass
     op = "apply_rope_partial"
     _check_rope_x(op, x)
     positions = _positions(op, x, positions)
@@ -258,6 +358,16 @@ def check_apply_rope_partial(x: Any, positions: Any, base: Any, rotary_dim: Any)
 # --- attention ---------------------------------------------------------------------------------------
 
 def check_gqa_attention(q: Any, k: Any, v: Any, n_kv_heads: Any, causal: Any) -> None:
+    try:
+        qb, qh, sq, qd = q.shape
+        kb, kvh, sk, kd = ks = k.shape
+        if ((q.dtype is _F32 or q.dtype in _F32S) and (k.dtype is _F32 or k.dtype in _F32S)
+                and (v.dtype is _F32 or v.dtype in _F32S) and v.shape == ks and qb == kb
+                and qd == kd and n_kv_heads == kvh and type(n_kv_heads) is int and kvh > 0
+                and not qh % kvh and sk > 0 and (causal is False or (causal is True and sq <= sk))):
+            return
+    except (AttributeError, TypeError, ValueError):
+        pass
     op = "gqa_attention"
     arrays = {"q": q, "k": k, "v": v}
     _float(op, "q", q, arrays)
@@ -307,10 +417,26 @@ def _check_logits(op: str, hidden: Any, lm_head: Any, last: bool) -> None:
 
 
 def check_logits_from_hidden(hidden: Any, lm_head: Any) -> None:
+    try:
+        _, s, h = hidden.shape
+        _, m = lm_head.shape
+        if ((hidden.dtype is _F32 or hidden.dtype in _F32S) and (lm_head.dtype is _F32 or lm_head.dtype in _F32S)
+                and h == m and s > 0):
+            return
+    except (AttributeError, TypeError, ValueError):
+        pass
     _check_logits("logits_from_hidden", hidden, lm_head, True)
 
 
 def check_all_logits_from_hidden(hidden: Any, lm_head: Any) -> None:
+    try:
+        _, _, h = hidden.shape
+        _, m = lm_head.shape
+        if ((hidden.dtype is _F32 or hidden.dtype in _F32S) and (lm_head.dtype is _F32 or lm_head.dtype in _F32S)
+                and h == m):
+            return
+    except (AttributeError, TypeError, ValueError):
+        pass
     _check_logits("all_logits_from_hidden", hidden, lm_head, False)
 
 

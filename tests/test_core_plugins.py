@@ -1,0 +1,323 @@
+"""SPEC §3: discovery, broken plugins, the allow-list variables, in-process registration.
+
+Every broken-plugin case is a real installed distribution (see tests/helpers/fakeplugins.py) beside a
+good one: the broken one is recorded with its reason, a PluginWarning is issued, it shows in
+list_backends(), and the good one and the CPU reference keep working.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import sapient_core
+from sapient_core import (BackendNotFoundError, BackendUnavailableError, IncompatiblePluginError, PluginLoadError,
+                          PluginValidationError, PluginWarning)
+from sapient_core.registry import Registry
+
+from helpers.broken_plugins import BROKEN, MOD
+from helpers.fakeplugins import FakeEntryPoint, caps_dict, namespace_plugin, plugin_source
+
+
+@pytest.mark.parametrize("source, error_type, message", [c[1:] for c in BROKEN], ids=[c[0] for c in BROKEN])
+def test_broken_plugin_is_recorded_and_skipped(fake_site, source, error_type, message):
+    fake_site.add_plugin("bad", source, version="0.3")
+    fake_site.add_plugin("good", device="metal", priority=1, ops=["silu"])
+    reg = fake_site.registry()
+    with pytest.warns(PluginWarning, match=rf"^plugin 'bad'.*{message}.*; the plugin is skipped and the others "
+                                           rf"keep working$"):
+        infos = {i.name: i for i in reg.list_backends()}
+    bad = infos["bad"]
+    assert bad.status == "broken" and bad.distribution == "fake-bad" and bad.version == "0.3"
+    assert bad.target == MOD and bad.capabilities is None and bad.device is None
+    assert type(bad.error) is error_type and bad.error.plugin == "bad"
+    assert bad.reason == str(bad.error)
+    assert bad.reason.startswith("plugin 'bad'") and re.search(message, bad.reason)
+    assert bad.as_dict()["error"] == error_type.__name__
+    # the others keep working
+    assert infos["good"].status == "available" and infos["cpu"].status == "available"
+    assert reg.get_backend("auto").name == "good"
+    x = np.linspace(-3, 3, 12, dtype=np.float32)
+    np.testing.assert_array_equal(reg.get_backend("good").silu(x), reg.get_backend("cpu").silu(x))
+    with pytest.raises(BackendUnavailableError, match=r"^backend 'bad' is installed but broken: plugin 'bad'.*\. "
+                       r"`sapient-backends list` shows every plugin's status; get_backend\('auto'\) uses the ones "
+                       r"that work$") as exc:
+        reg.get_backend("bad")
+    assert exc.value.kind == "bad" and exc.value.reasons == {"bad": bad.reason}
+
+
+def test_a_broken_plugin_warns_once_and_is_not_imported_again(fake_site):
+    fake_site.add_plugin("bad", plugin_source(header="raise RuntimeError('boom')"))
+    reg = fake_site.registry()
+    with pytest.warns(PluginWarning, match="boom") as record:
+        reg.list_backends()
+        reg.list_backends()
+        reg.explain("auto")
+    assert len([w for w in record if issubclass(w.category, PluginWarning)]) == 1
+
+
+def test_broken_reason_keeps_the_original_exception_as_cause(fake_site):
+    fake_site.add_plugin("bad", plugin_source(header="raise KeyError('cuda_home')"))
+    with pytest.warns(PluginWarning):
+        info = next(i for i in fake_site.registry().list_backends() if i.name == "bad")
+    assert isinstance(info.error.__cause__, KeyError)
+
+
+# --- entry-point names -------------------------------------------------------------------------------------
+
+def test_duplicate_entry_point_names(fake_site):
+    fake_site.add_dist("fake-alpha", entry_points={"dup": "sapient_fake_alpha"},
+                       modules={"sapient_fake_alpha": plugin_source(device="metal", priority=1)})
+    fake_site.add_dist("fake-beta", entry_points={"dup": "sapient_fake_beta"},
+                       modules={"sapient_fake_beta": plugin_source(device="cuda", priority=1)})
+    reg = fake_site.registry()
+    message = (r"^duplicate backend name 'dup': fake-beta \(sapient_fake_beta\) and fake-alpha \(sapient_fake_alpha\) "
+               r"both declare it; 'dup' is fake-alpha's \(the first by distribution name\), fake-beta's is skipped\. "
+               r"To remedy this, uninstall one of them$")
+    with pytest.warns(PluginWarning, match=message):
+        infos = reg.list_backends()
+    dups = [i for i in infos if i.name == "dup"]
+    assert [(i.status, i.distribution) for i in dups] == [("available", "fake-alpha"), ("broken", "fake-beta")]
+    assert reg.get_backend("dup").device == "metal"
+    assert "sapient_fake_beta" not in sys.modules          # the skipped one is never imported
+
+
+def test_entry_point_named_cpu_from_another_distribution_is_refused(fake_site):
+    fake_site.add_dist("fake-impostor", entry_points={"cpu": "sapient_fake_impostor"},
+                       modules={"sapient_fake_impostor": plugin_source(device="cpu", ops=["silu"])})
+    reg = fake_site.registry()
+    with pytest.warns(PluginWarning, match=r"^entry-point name 'cpu' \(from fake-impostor, sapient_fake_impostor\) is "
+                                           r"reserved for the CPU reference \(sapient-backend-cpu\)\. To remedy this, "
+                                           r"rename the entry point$"):
+        infos = reg.list_backends()
+    assert [(i.status, i.distribution) for i in infos if i.name == "cpu"] == [
+        ("available", "sapient-backend-cpu"), ("broken", "fake-impostor")]
+    b = reg.get_backend("cpu")
+    assert b.capabilities.distribution == "sapient-backend-cpu"
+    assert "sapient_fake_impostor" not in sys.modules
+
+
+@pytest.mark.parametrize("name", ["Fake-GPU", "auto", "9lives", "has space"])
+def test_invalid_entry_point_names_are_refused(fake_site, name):
+    fake_site.add_dist("fake-oddname", entry_points={name: "sapient_fake_oddname"},
+                       modules={"sapient_fake_oddname": plugin_source(device="metal")})
+    reg = fake_site.registry()
+    with pytest.warns(PluginWarning, match=rf"^entry-point name '{name}' \(from fake-oddname\) is not a valid backend "
+                                           rf"name: use a lowercase identifier other than 'auto'$"):
+        infos = reg.list_backends()
+    assert [i.status for i in infos if i.name == name] == ["broken"]
+    assert reg.get_backend("auto").name == "cpu"
+    assert "sapient_fake_oddname" not in sys.modules
+
+
+def test_unreadable_entry_points_leave_the_cpu_reference(caplog):
+    def explode():
+        raise OSError("corrupt metadata")
+    reg = Registry(entry_points=explode)
+    assert reg.get_backend("auto").name == "cpu"
+    assert "reading the entry points of sapient_core.backends failed: OSError('corrupt metadata')" in caplog.text
+
+
+# --- lazy loading and the allow-list -------------------------------------------------------------------------
+
+@pytest.fixture
+def spied(fake_site, tmp_path):
+    """'spy' writes a marker file when imported; 'bomb' raises when imported."""
+    marker = tmp_path / "spy-imported"
+    fake_site.add_plugin("spy", header=f"open({str(marker)!r}, 'a').write('imported\\n')", device="metal",
+                         priority=3)
+    fake_site.add_plugin("bomb", header="raise RuntimeError('bomb went off at import')")
+    return fake_site, marker
+
+
+def no_plugin_warnings(fn):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = fn()
+    assert [str(w.message) for w in record if issubclass(w.category, PluginWarning)] == []
+    return result
+
+
+def test_plugins_load_lazily(spied):
+    site, marker = spied
+    reg = site.registry()
+    assert reg.get_backend("cpu").name == "cpu"          # needs only the reference
+    assert not marker.exists() and "sapient_fake_spy" not in sys.modules
+    assert reg.get_backend("spy").name == "spy"           # needs only spy
+    assert marker.read_text() == "imported\n" and "sapient_fake_bomb" not in sys.modules
+    with pytest.warns(PluginWarning, match="bomb went off at import"):
+        assert reg.get_backend("auto").name == "spy"      # needs them all
+
+
+def test_sapient_plugins_empty_means_only_cpu_and_disabled_code_never_runs(spied, monkeypatch):
+    site, marker = spied
+    monkeypatch.setenv("SAPIENT_PLUGINS", "")
+    reg = site.registry()
+    infos = no_plugin_warnings(lambda: {i.name: i for i in reg.list_backends()})
+    assert {n: i.status for n, i in infos.items()} == {"cpu": "available", "spy": "disabled", "bomb": "disabled"}
+    assert infos["spy"].reason == "not in SAPIENT_PLUGINS=''"
+    assert not marker.exists() and "sapient_fake_spy" not in sys.modules and "sapient_fake_bomb" not in sys.modules
+    assert reg.get_backend("auto").name == "cpu"
+    with pytest.raises(BackendUnavailableError, match=r"^backend 'spy' is installed but not loaded: not in "
+                       r"SAPIENT_PLUGINS=''\. To remedy this, add it to SAPIENT_PLUGINS"):
+        reg.get_backend("spy")
+    assert not marker.exists()
+
+
+def test_sapient_plugins_lists_the_allowed_ones(spied, monkeypatch):
+    site, marker = spied
+    monkeypatch.setenv("SAPIENT_PLUGINS", " Spy , cpu ")
+    reg = site.registry()
+    infos = no_plugin_warnings(lambda: {i.name: i.status for i in reg.list_backends()})
+    assert infos == {"cpu": "available", "spy": "available", "bomb": "disabled"}
+    assert marker.exists() and "sapient_fake_bomb" not in sys.modules
+    assert reg.get_backend("auto").name == "spy"
+
+
+def test_sapient_plugins_without_cpu_still_loads_the_reference(spied, monkeypatch):
+    site, _ = spied
+    monkeypatch.setenv("SAPIENT_PLUGINS", "spy")
+    reg = site.registry()
+    assert {i.name: i.status for i in reg.list_backends()} == {"cpu": "available", "spy": "available",
+                                                               "bomb": "disabled"}
+
+
+def test_sapient_plugins_unset_means_all(spied):
+    site, marker = spied
+    with pytest.warns(PluginWarning, match="bomb went off"):
+        infos = {i.name: i.status for i in site.registry().list_backends()}
+    assert infos == {"cpu": "available", "spy": "available", "bomb": "broken"}
+
+
+def test_disable_autoload_loads_only_the_cpu_reference(spied, monkeypatch):
+    site, marker = spied
+    monkeypatch.setenv("SAPIENT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setenv("SAPIENT_PLUGINS", "spy,bomb")    # the disable switch wins
+    reg = site.registry()
+    infos = no_plugin_warnings(lambda: {i.name: i for i in reg.list_backends()})
+    assert {n: i.status for n, i in infos.items()} == {"cpu": "available", "spy": "disabled", "bomb": "disabled"}
+    assert infos["spy"].reason == "SAPIENT_DISABLE_PLUGIN_AUTOLOAD=1 loads only the CPU reference"
+    assert not marker.exists()
+    monkeypatch.setenv("SAPIENT_DISABLE_PLUGIN_AUTOLOAD", "0")
+    monkeypatch.delenv("SAPIENT_PLUGINS")
+    reg.refresh()
+    assert no_plugin_warnings(lambda: reg.get_backend("spy")).name == "spy"
+
+
+def test_the_variables_are_read_when_discovery_runs(spied, monkeypatch):
+    site, marker = spied
+    reg = site.registry()                                 # created before the variable is set
+    monkeypatch.setenv("SAPIENT_PLUGINS", "")
+    assert no_plugin_warnings(lambda: [i.status for i in reg.list_backends() if i.name == "spy"]) == ["disabled"]
+    monkeypatch.delenv("SAPIENT_PLUGINS")                 # discovery already ran: no change ...
+    assert [i.status for i in reg.list_backends() if i.name == "spy"] == ["disabled"]
+    reg.refresh()                                         # ... until refresh()
+    with pytest.warns(PluginWarning, match="bomb"):
+        assert [i.status for i in reg.list_backends() if i.name == "spy"] == ["available"]
+    assert marker.exists()
+
+
+def test_module_level_refresh_rereads_the_environment(spied, monkeypatch, use_registry):
+    site, marker = spied
+    use_registry(site.registry())
+    monkeypatch.setenv("SAPIENT_PLUGINS", "")
+    assert sapient_core.get_backend("auto").name == "cpu"
+    monkeypatch.setenv("SAPIENT_PLUGINS", "spy")
+    sapient_core.refresh()
+    assert sapient_core.get_backend("auto").name == "spy"
+
+
+# --- unit level: the entry-point function replaced -----------------------------------------------------------
+
+def test_registry_reads_the_entry_point_function_it_was_given():
+    ep = FakeEntryPoint("unit", namespace_plugin(caps_dict(device="metal", priority=7)), dist="fake-unit")
+    reg = Registry(entry_points=lambda: [ep])
+    assert ep.loads == 0                                  # nothing is loaded before a call needs it
+    b = reg.get_backend("metal")
+    assert (b.name, b.capabilities.distribution, b.capabilities.version) == ("unit", "fake-unit", "0.1")
+    reg.list_backends()
+    assert ep.loads == 1                                  # loaded once
+
+
+def test_entry_point_without_distribution_metadata():
+    ep = FakeEntryPoint("nodist", namespace_plugin(caps_dict(device="metal")), dist="")
+    info = next(i for i in Registry(entry_points=lambda: [ep]).list_backends() if i.name == "nodist")
+    assert (info.status, info.distribution, info.version) == ("available", "", "0")
+
+
+# --- in-process registration ---------------------------------------------------------------------------------
+
+def silu_plus_one(x):
+    return np.asarray(x) + np.float32(1)
+
+
+def test_register_in_process(monkeypatch):
+    monkeypatch.setenv("SAPIENT_PLUGINS", "")             # explicit registration is not subject to the allow-list
+    reg = Registry(entry_points=lambda: [])
+    plugin = namespace_plugin(caps_dict(device="metal", priority=5), silu=silu_plus_one)
+    reg.register(plugin, "mine")
+    b = reg.get_backend("auto")
+    assert (b.name, b.implemented_ops) == ("mine", ("silu",))
+    np.testing.assert_array_equal(b.silu(np.zeros(3, np.float32)), np.ones(3, np.float32))
+    info = next(i for i in reg.list_backends() if i.name == "mine")
+    assert (info.source, info.status, info.distribution) == ("in-process", "available", "")
+    reg.refresh()                                         # refresh keeps in-process plugins
+    assert reg.get_backend("mine").name == "mine"
+    reg.unregister("mine")
+    with pytest.raises(BackendNotFoundError, match="^unknown backend kind 'mine'"):
+        reg.get_backend("mine")
+    assert reg.get_backend("auto").name == "cpu"
+
+
+def test_register_validates_the_plugin():
+    reg = Registry(entry_points=lambda: [])
+    typo = namespace_plugin(caps_dict(), rms_norn=lambda x, weight, eps: x)
+    with pytest.raises(PluginValidationError, match=r"^plugin 'mine': 'rms_norn' is marked @hookimpl but no hook spec "
+                                                    r"has that name \(did you mean 'rms_norm'\?\)") as exc:
+        reg.register(typo, "mine")
+    assert exc.value.plugin == "mine"
+    with pytest.raises(IncompatiblePluginError, match=r"hook API version 7.*pip install --upgrade sapient-core"):
+        reg.register(namespace_plugin(caps_dict(api_version=7)), "mine")
+    with pytest.raises(PluginLoadError, match=r"^plugin 'mine': backend_capabilities\(\) raised ZeroDivisionError"):
+        reg.register(namespace_plugin(None, backend_capabilities=lambda: 1 / 0), "mine")
+    assert [i.name for i in reg.list_backends()] == ["cpu"]   # nothing half-registered
+    reg.register(namespace_plugin(caps_dict()), "mine")        # the name is still free
+    assert reg.get_backend("mine").name == "mine"
+
+
+@pytest.mark.parametrize("name", ["cpu", "auto", "Mine", "my-plugin", "", 3])
+def test_register_refuses_reserved_and_invalid_names(name):
+    reg = Registry(entry_points=lambda: [])
+    with pytest.raises(PluginValidationError, match=rf"^register: {name!r} is not a valid backend name \(a lowercase "
+                                                    rf"identifier other than 'auto' and 'cpu'\)$"):
+        reg.register(namespace_plugin(caps_dict()), name)
+
+
+def test_register_refuses_a_taken_name_and_unregister_only_in_process(fake_site):
+    fake_site.add_plugin("gpu", device="metal")
+    reg = fake_site.registry()
+    with pytest.raises(PluginValidationError, match=r"^register: a backend named 'gpu' is already registered "
+                                                    r"\(sapient_fake_gpu\); unregister it first$"):
+        reg.register(namespace_plugin(caps_dict()), "gpu")
+    with pytest.raises(BackendNotFoundError, match=r"^unregister: no in-process backend named 'gpu'$") as exc:
+        reg.unregister("gpu")
+    assert set(exc.value.installed) == {"cpu", "gpu"}
+
+
+def test_register_backend_module_functions(use_registry):
+    reg = use_registry(Registry(entry_points=lambda: []))
+    sapient_core.register_backend(namespace_plugin(caps_dict(device="metal"), silu=silu_plus_one), "mine")
+    assert sapient_core.get_backend("metal").name == "mine"
+    assert reg.get_backend("mine") is sapient_core.get_backend("mine")
+    sapient_core.unregister_backend("mine")
+    assert [i.name for i in sapient_core.list_backends()] == ["cpu"]
+
+
+def test_default_registry_is_created_once(monkeypatch):
+    monkeypatch.setattr(sapient_core, "_registry", None)
+    first = sapient_core.default_registry()
+    assert isinstance(first, Registry) and sapient_core.default_registry() is first
