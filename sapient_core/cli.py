@@ -2,6 +2,8 @@
 
     sapient-backends list [--json]
     sapient-backends explain KIND [--model-bytes N] [--json]
+    sapient-backends check [NAME ...] [--size small|llm] [--ops OPS] [--failures-only] [--json]
+    sapient-backends bench [NAME ...] [--sizes decode,prefill|...] [--ops OPS] [--min-time S] [--json]
 """
 
 from __future__ import annotations
@@ -68,6 +70,115 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0 if exp.chosen else 1
 
 
+class _Progress:
+    """A one-line progress display on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self, stream: Any = None):
+        self.stream = stream or sys.stderr
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.shown = False
+
+    def __call__(self, i: int, n: int, label: str) -> None:
+        if self.enabled:
+            self.stream.write(f"\r\x1b[K[{i + 1}/{n}] {label}")
+            self.stream.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
+
+
+def _ops_arg(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    from .hookspecs import OPS
+    ops = [o.strip() for o in text.split(",") if o.strip()]
+    unknown = [o for o in ops if o not in OPS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown op(s) {', '.join(unknown)}; the ops are {', '.join(OPS)}")
+    return ops
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import sapient_core
+    from .testing._table import format_table
+    from .testing.conformance import TABLE_HEADER, run_conformance
+    from .testing.tolerances import CASE_TOLERANCES, TOLERANCES
+
+    infos = sapient_core.list_backends()
+    if args.names:
+        targets, not_checked = list(dict.fromkeys(args.names)), []
+    else:
+        targets = [i.name for i in infos if i.status == "available"]
+        not_checked = [i for i in infos if i.status != "available"]
+    progress = _Progress()
+    reports, errors = [], []
+    for name in targets:
+        try:
+            reports.append(run_conformance(name, size=args.size, ops=args.ops,
+                                           progress=lambda i, n, case, name=name: progress(i, n, f"{name} {case.id}")))
+        except sapient_core.BackendNotFoundError as exc:    # unknown or unavailable, when named
+            errors.append((name, str(exc)))
+    progress.clear()
+    broken = [i for i in not_checked if i.status == "broken"]
+    ok = bool(reports) and all(r.ok for r in reports) and not errors and not broken
+    if args.json:
+        print(json.dumps({
+            "ok": ok, "size": args.size,
+            "reports": [r.as_dict() for r in reports],
+            "not_checked": [{"name": i.name, "status": i.status, "reason": i.reason} for i in not_checked],
+            "errors": [{"name": n, "error": e} for n, e in errors],
+            "tolerances": {op: t.as_dict() for op, t in TOLERANCES.items()},
+            "case_tolerances": {f"{op}:{case}": t.as_dict() for (op, case), t in CASE_TOLERANCES.items()},
+        }, indent=2))
+        return 0 if ok else 1
+    rows = [row for r in reports for row in r.rows(failures_only=args.failures_only)]
+    if rows:
+        print(format_table(rows, TABLE_HEADER, right=(4, 5, 6, 7)))
+        print()
+    for r in reports:
+        print(r.summary())
+    for i in not_checked:
+        what = "FAILED - broken" if i.status == "broken" else f"not checked ({i.status})"
+        print(f"{i.name}: {what}: {i.reason}")
+    for name, err in errors:
+        print(f"{name}: FAILED - {err}")
+    print("NMSE and max abs err: against the float64 oracle; NMSE vs cpu: against the CPU reference. "
+          "Tolerances and their reasons: CONTRIBUTING.md, or sapient_core.testing.tolerance_table().")
+    print("result: OK" if ok else "result: FAILED")
+    return 0 if ok else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import sapient_core
+    from .testing.bench import run_bench
+
+    progress = _Progress()
+    try:
+        report = run_bench(args.names or None, args.sizes, ops=args.ops, min_time=args.min_time, progress=progress)
+    except sapient_core.BackendNotFoundError as exc:
+        progress.clear()
+        print(f"sapient-backends bench: {exc}", file=sys.stderr)
+        return 1
+    progress.clear()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(report.table())
+    return 0
+
+
+def _sizes_arg(text: str) -> Any:
+    from .testing.bench import parse_sizes
+    try:
+        return parse_sizes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sapient-backends",
                                      description="Inspect the sapient_core backend plugins installed here.")
@@ -82,6 +193,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the model's weight bytes, for the memory check (default 0 = unknown)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("check", help="run the conformance kit against the installed backends",
+                       description="Run the conformance kit (every op, LLM-like shapes and edge cases, against "
+                                   "a float64 oracle and the CPU reference, in strict mode) against every "
+                                   "available backend, or the named ones. Exits 1 on any failure.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="backends to check (default: every available one)")
+    p.add_argument("--size", choices=("small", "llm"), default="small",
+                   help="case shapes: small (default, seconds) or llm (hidden 2048, 32/8 heads of 64, MLP 8192)")
+    p.add_argument("--ops", type=_ops_arg, default=None, metavar="OPS", help="comma-separated ops (default: all)")
+    p.add_argument("--failures-only", action="store_true", help="leave the passing cases out of the table")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("bench", help="per-op timings of the installed backends, against the CPU reference",
+                       description="Time every op on every available backend (or the named ones) and on the "
+                                   "CPU reference, at decode and prefill shapes; each time is also given as a "
+                                   "ratio to the CPU reference's.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="backends to time (default: every available one)")
+    p.add_argument("--sizes", type=_sizes_arg, default="decode,prefill", metavar="LIST",
+                   help="comma-separated sizes: decode, prefill (default), llm-decode, llm-prefill, or custom "
+                        "key=value pairs joined by ':' (e.g. seq=32:hidden=512:mlp=1376)")
+    p.add_argument("--ops", type=_ops_arg, default=None, metavar="OPS", help="comma-separated ops (default: all)")
+    p.add_argument("--min-time", type=float, default=0.05, metavar="S",
+                   help="seconds to repeat each measurement for (default 0.05)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

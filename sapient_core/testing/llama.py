@@ -106,7 +106,7 @@ class Llama:
             cache = [None] * c.num_hidden_layers
         offset = 0 if cache[0] is None else cache[0][0].shape[2]
         positions = np.arange(offset, offset + tokens.shape[1], dtype=np.int64)
-        h = w["model.embed_tokens.weight"][tokens]
+        h = be.from_numpy(w["model.embed_tokens.weight"][tokens])   # one upload per step, on a device
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
             h = be.add(h, self.attention(i, be.rms_norm(h, w[p + "input_layernorm.weight"], c.rms_norm_eps),

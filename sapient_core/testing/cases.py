@@ -1,0 +1,471 @@
+"""The conformance kit's cases: every op of the contract at LLM-like shapes and at its edge cases.
+
+A :class:`Case` builds its positional arguments (NumPy, in the order of ``hookspecs.OPS[op]``) from a
+random generator seeded by the case's id, so every run sees the same data.  Value cases are compared
+with the float64 oracle and the CPU reference; bad-input cases (``expect`` set) must raise that error
+type before the backend is called.
+
+Shapes come from :class:`KitSizes`: ``"small"`` (the default: every case runs in well under a second
+on a laptop) or ``"llm"`` (a 7B-class layer: hidden 2048, 32 query heads and 8 key/value heads of 64,
+MLP 8192, vocabulary 32000, 512 cached positions, 128-token prefill).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import DTypeError, ShapeError
+from ..hookspecs import OPS
+
+__all__ = ["KitSizes", "KIT_SIZES", "Case", "build_cases", "kit_sizes"]
+
+F32 = np.float32
+F16 = np.float16
+
+
+@dataclasses.dataclass(frozen=True)
+class KitSizes:
+    """The dimensions the cases are built from."""
+
+    name: str
+    batch: int
+    seq: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    mlp: int
+    vocab: int
+    kv_len: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: Named sizes.  ``small`` uses odd sequence lengths and sizes that are not powers of two, so blocked
+#: kernels meet partial blocks.
+KIT_SIZES: dict[str, KitSizes] = {
+    "small": KitSizes("small", batch=2, seq=7, hidden=256, heads=8, kv_heads=2, head_dim=32, mlp=688,
+                      vocab=1000, kv_len=40),
+    "llm": KitSizes("llm", batch=1, seq=128, hidden=2048, heads=32, kv_heads=8, head_dim=64, mlp=8192,
+                    vocab=32000, kv_len=512),
+}
+
+
+def kit_sizes(size: str | KitSizes) -> KitSizes:
+    """``size`` as :class:`KitSizes` (a name of :data:`KIT_SIZES` or an instance)."""
+    if isinstance(size, KitSizes):
+        return size
+    try:
+        return KIT_SIZES[size]
+    except KeyError:
+        raise ValueError(f"unknown conformance size {size!r}; known: {', '.join(KIT_SIZES)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One call of one op.
+
+    :ivar op: the op's name.
+    :ivar name: the case's name, unique within the op (``"prefill"``, ``"float16"``, ``"bad-rank"`` ...).
+    :ivar build: ``build(rng) -> args``, the positional arguments as NumPy arrays and Python values.
+    :ivar expect: for a bad-input case, the error type the call must raise (``ShapeError`` or
+        ``DTypeError``); None for a value case.
+    :ivar native: pass the array arguments through ``backend.from_numpy`` first (a chain of ops).
+    :ivar no_warnings: fail if the call emits a NumPy overflow/invalid/divide warning.
+    """
+
+    op: str
+    name: str
+    build: Callable[[np.random.Generator], tuple]
+    expect: type | None = None
+    native: bool = False
+    no_warnings: bool = False
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}:{self.name}"
+
+    def args(self) -> tuple:
+        """Build the arguments (deterministic: the generator is seeded by the case's id)."""
+        return self.build(np.random.default_rng(zlib.crc32(self.id.encode())))
+
+
+# --- array helpers -------------------------------------------------------------------------------------
+
+def _randn(rng: np.random.Generator, shape: tuple, scale: float = 1.0, dtype: Any = F32) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def _weight(rng: np.random.Generator, out: int, inp: int, dtype: Any = F32) -> np.ndarray:
+    return _randn(rng, (out, inp), 1.0 / np.sqrt(inp), dtype)
+
+
+def _norm_weight(rng: np.random.Generator, d: int, dtype: Any = F32) -> np.ndarray:
+    return (1.0 + 0.1 * rng.standard_normal(d)).astype(dtype)
+
+
+def _noncontig(rng: np.random.Generator, shape: tuple, perm: tuple, scale: float = 1.0) -> np.ndarray:
+    """A non-contiguous float32 view of ``shape``: built as the permuted shape, then transposed back
+    (as an engine's ``reshape(...).transpose(...)`` produces it)."""
+    inv = tuple(np.argsort(perm))
+    view = _randn(rng, tuple(shape[p] for p in perm), scale).transpose(inv)
+    if view.flags.c_contiguous:   # size-1 axes make the transpose contiguous: take every other column
+        view = _randn(rng, (*shape[:-1], 2 * shape[-1]), scale)[..., ::2]
+    assert view.shape == tuple(shape) and (view.size == 0 or not view.flags.c_contiguous)
+    return view
+
+
+def _with_specials(x: np.ndarray, specials: dict[tuple, float]) -> np.ndarray:
+    x = x.copy()
+    for idx, val in specials.items():
+        x[idx] = val
+    return x
+
+
+# --- cases per op --------------------------------------------------------------------------------------
+
+def _linear_cases(s: KitSizes) -> list[Case]:
+    B, S, D, M = s.batch, s.seq, s.hidden, s.mlp
+    op = "linear_3d"
+    c = [
+        Case(op, "prefill", lambda r: (_randn(r, (B, S, D)), _weight(r, M, D)), no_warnings=True),
+        Case(op, "decode-S1", lambda r: (_randn(r, (1, 1, D)), _weight(r, D, D))),
+        Case(op, "odd-sizes", lambda r: (_randn(r, (3, 5, 77)), _weight(r, 131, 77))),
+        Case(op, "float16", lambda r: (_randn(r, (B, S, D), dtype=F16), _weight(r, M, D, F16))),
+        Case(op, "noncontig-x", lambda r: (_noncontig(r, (B, S, D), (1, 0, 2)), _weight(r, M, D))),
+        Case(op, "noncontig-weight", lambda r: (_randn(r, (B, S, D)), _weight(r, D, M).T)),
+        Case(op, "zero-S", lambda r: (_randn(r, (B, 0, D)), _weight(r, M, D))),
+        Case(op, "zero-batch", lambda r: (_randn(r, (0, S, D)), _weight(r, M, D))),
+        Case(op, "nan-inf", lambda r: (_with_specials(_randn(r, (B, S, D)),
+                                                      {(0, 1, 3): np.nan, (B - 1, S - 1, 0): np.inf}),
+                                       _weight(r, M, D))),
+        Case(op, "large", lambda r: (_randn(r, (B, S, D), 1e4), _weight(r, M, D)), no_warnings=True),
+    ]
+    c.append(dataclasses.replace(c[0], name="native", native=True))
+    c += [
+        Case(op, "bad-rank", lambda r: (_randn(r, (S, D)), _weight(r, M, D)), expect=ShapeError),
+        Case(op, "bad-features", lambda r: (_randn(r, (B, S, D)), _weight(r, M, D + 1)), expect=ShapeError),
+        Case(op, "bad-dtype", lambda r: (np.ones((B, S, D), np.int32), _weight(r, M, D)), expect=DTypeError),
+    ]
+    op = "linear_3d_bias"
+    b = [
+        Case(op, "prefill", lambda r: (_randn(r, (B, S, D)), _weight(r, M, D), _randn(r, (M,)))),
+        Case(op, "no-bias", lambda r: (_randn(r, (B, S, D)), _weight(r, M, D), None)),
+        Case(op, "decode-S1", lambda r: (_randn(r, (1, 1, D)), _weight(r, D, D), _randn(r, (D,)))),
+        Case(op, "float16", lambda r: (_randn(r, (B, S, D), dtype=F16), _weight(r, M, D, F16),
+                                       _randn(r, (M,), dtype=F16))),
+        Case(op, "noncontig-x", lambda r: (_noncontig(r, (B, S, D), (1, 0, 2)), _weight(r, M, D),
+                                           _randn(r, (M,)))),
+        Case(op, "zero-S", lambda r: (_randn(r, (B, 0, D)), _weight(r, M, D), _randn(r, (M,)))),
+        Case(op, "nan-inf", lambda r: (_with_specials(_randn(r, (B, S, D)), {(0, 1, 3): np.nan}), _weight(r, M, D),
+                                       _with_specials(_randn(r, (M,)), {5: np.inf}))),
+    ]
+    b.append(dataclasses.replace(b[0], name="native", native=True))
+    b.append(Case(op, "bad-bias", lambda r: (_randn(r, (B, S, D)), _weight(r, M, D), _randn(r, (M + 1,))),
+                  expect=ShapeError))
+    return c + b
+
+
+def _norm_cases(s: KitSizes) -> list[Case]:
+    B, S, D, H, d = s.batch, s.seq, s.hidden, s.heads, s.head_dim
+
+    def large_rows(r: np.random.Generator) -> np.ndarray:
+        x = _randn(r, (B, S, D))
+        scales = np.array([1e4, 1e-3, 1e12, 0.0, 1.0, 1e-20, 3e7][:S] + [1.0] * max(0, S - 7), F32)
+        return (x * scales[None, :S, None]).astype(F32)
+
+    op = "rms_norm"
+    eps = 1e-6
+    c = [
+        Case(op, "prefill", lambda r: (_randn(r, (B, S, D)), _norm_weight(r, D), eps), no_warnings=True),
+        Case(op, "decode-S1", lambda r: (_randn(r, (1, 1, D)), _norm_weight(r, D), eps)),
+        Case(op, "per-head-4d", lambda r: (_randn(r, (B, H, S, d)), _norm_weight(r, d), eps)),
+        Case(op, "1d", lambda r: (_randn(r, (D,)), _norm_weight(r, D), eps)),
+        Case(op, "float16", lambda r: (_randn(r, (B, S, D), dtype=F16), _norm_weight(r, D, F16), eps)),
+        Case(op, "noncontig-x", lambda r: (_noncontig(r, (B, S, D), (1, 0, 2)), _norm_weight(r, D), eps)),
+        Case(op, "zero-S", lambda r: (_randn(r, (B, 0, D)), _norm_weight(r, D), eps)),
+        Case(op, "nan-row", lambda r: (_with_specials(_randn(r, (B, S, D)), {(0, 1, 5): np.nan,
+                                                                              (B - 1, 0, 2): np.inf}),
+                                       _norm_weight(r, D), eps)),
+        Case(op, "large", lambda r: (large_rows(r), _norm_weight(r, D), eps), no_warnings=True),
+        Case(op, "eps-1e-5", lambda r: (_randn(r, (B, S, D), 1e-3), _norm_weight(r, D), 1e-5)),
+    ]
+    c.append(dataclasses.replace(c[0], name="native", native=True))
+    c += [
+        Case(op, "bad-weight", lambda r: (_randn(r, (B, S, D)), _norm_weight(r, D - 1), eps), expect=ShapeError),
+        Case(op, "bad-dtype", lambda r: (_randn(r, (B, S, D), dtype=np.float64), _norm_weight(r, D), eps),
+             expect=DTypeError),
+        Case(op, "bad-eps", lambda r: (_randn(r, (B, S, D)), _norm_weight(r, D), -1.0), expect=ShapeError),
+    ]
+    op = "layer_norm"
+    eps = 1e-5
+    ln = [
+        Case(op, "prefill", lambda r: (_randn(r, (B, S, D)), _norm_weight(r, D), _randn(r, (D,), 0.1), eps),
+             no_warnings=True),
+        Case(op, "no-bias", lambda r: (_randn(r, (B, S, D)), _norm_weight(r, D), None, eps)),
+        Case(op, "decode-S1", lambda r: (_randn(r, (1, 1, D)), _norm_weight(r, D), _randn(r, (D,), 0.1), eps)),
+        Case(op, "float16", lambda r: (_randn(r, (B, S, D), dtype=F16), _norm_weight(r, D, F16),
+                                       _randn(r, (D,), 0.1, F16), eps)),
+        Case(op, "noncontig-x", lambda r: (_noncontig(r, (B, S, D), (1, 0, 2)), _norm_weight(r, D),
+                                           _randn(r, (D,), 0.1), eps)),
+        Case(op, "zero-S", lambda r: (_randn(r, (B, 0, D)), _norm_weight(r, D), _randn(r, (D,), 0.1), eps)),
+        Case(op, "nan-row", lambda r: (_with_specials(_randn(r, (B, S, D)), {(0, 1, 5): np.nan}),
+                                       _norm_weight(r, D), _randn(r, (D,), 0.1), eps)),
+        Case(op, "large-offset", lambda r: ((1000.0 + _randn(r, (B, S, D))).astype(F32), _norm_weight(r, D),
+                                            _randn(r, (D,), 0.1), eps)),
+        Case(op, "large-scale", lambda r: (_randn(r, (B, S, D), 1e4), _norm_weight(r, D), _randn(r, (D,), 0.1),
+                                           eps), no_warnings=True),
+    ]
+    ln.append(dataclasses.replace(ln[0], name="native", native=True))
+    ln += [
+        Case(op, "bad-bias", lambda r: (_randn(r, (B, S, D)), _norm_weight(r, D), _randn(r, (D + 1,)), eps),
+             expect=ShapeError),
+        Case(op, "bad-dtype", lambda r: (np.ones((B, S, D), np.int64), _norm_weight(r, D), None, eps),
+             expect=DTypeError),
+    ]
+    return c + ln
+
+
+_EXTREMES = np.array([0.0, -0.0, 1e-30, -1e-30, 20.0, -20.0, 88.0, -88.0, 88.8, -88.8, 100.0, -100.0,
+                      1e3, -1e3, 3e4, -3e4, 1e38, -1e38], F32)
+
+
+def _activation_cases(s: KitSizes) -> list[Case]:
+    B, S, M, H, d = s.batch, s.seq, s.mlp, s.heads, s.head_dim
+
+    def large(r: np.random.Generator, limit: float = np.inf) -> np.ndarray:
+        x = _randn(r, (B, S, M), 1e4)
+        extremes = _EXTREMES[np.abs(_EXTREMES) <= limit]
+        flat = x.reshape(-1)
+        flat[:extremes.size] = extremes
+        return x
+
+    def specials(r: np.random.Generator) -> np.ndarray:
+        return _with_specials(_randn(r, (B, S, M)), {(0, 0, 0): np.nan, (0, 0, 1): np.inf,
+                                                     (0, 0, 2): -np.inf, (B - 1, S - 1, M - 1): np.nan})
+
+    out = []
+    op = "silu"
+    c = [
+        Case(op, "mlp", lambda r: (_randn(r, (B, S, M), 3.0),), no_warnings=True),
+        Case(op, "decode-S1", lambda r: (_randn(r, (1, 1, M), 3.0),)),
+        Case(op, "4d", lambda r: (_randn(r, (B, H, S, d), 3.0),)),
+        Case(op, "float16", lambda r: (_randn(r, (B, S, M), 3.0, F16),)),
+        Case(op, "noncontig-x", lambda r: (_noncontig(r, (B, S, M), (2, 0, 1), 3.0),)),
+        Case(op, "zero-S", lambda r: (_randn(r, (B, 0, M)),)),
+        Case(op, "nan-inf", lambda r: (specials(r),)),
+        Case(op, "large", lambda r: (large(r),), no_warnings=True),
+    ]
+    c.append(dataclasses.replace(c[0], name="native", native=True))
+    c += [
+        Case(op, "bad-dtype", lambda r: (np.arange(12, dtype=np.int32).reshape(3, 4),), expect=DTypeError),
+        Case(op, "bad-type", lambda r: ([1.0, 2.0],), expect=DTypeError),
+    ]
+    out += c
+    op = "gelu"
+    g = []
+    for approx in ("none", "tanh"):
+        tag = "erf" if approx == "none" else "tanh"
+        g += [
+            Case(op, f"mlp-{tag}", lambda r, a=approx: (_randn(r, (B, S, M), 3.0), a), no_warnings=True),
+            Case(op, f"float16-{tag}", lambda r, a=approx: (_randn(r, (B, S, M), 3.0, F16), a)),
+            Case(op, f"nan-inf-{tag}", lambda r, a=approx: (specials(r), a)),
+            # |x| <= 1e12: beyond, x**3 in the tanh form overflows float32 in any implementation
+            Case(op, f"large-{tag}", lambda r, a=approx: (large(r, 1e12), a), no_warnings=True),
+        ]
+    g += [
+        Case(op, "decode-S1-tanh", lambda r: (_randn(r, (1, 1, M), 3.0), "tanh")),
+        Case(op, "noncontig-x-erf", lambda r: (_noncontig(r, (B, S, M), (2, 0, 1), 3.0), "none")),
+        Case(op, "zero-S", lambda r: (_randn(r, (B, 0, M)), "tanh")),
+    ]
+    g.append(dataclasses.replace(g[0], name="native", native=True))
+    g.append(Case(op, "bad-approximate", lambda r: (_randn(r, (B, S, M)), "fast"), expect=ShapeError))
+    return out + g
+
+
+def _binary_cases(s: KitSizes) -> list[Case]:
+    B, S, D = s.batch, s.seq, s.hidden
+    out = []
+    for op in ("add", "mul"):
+        def specials(r: np.random.Generator) -> tuple:
+            a = _with_specials(_randn(r, (B, S, D)), {(0, 0, 0): np.nan, (0, 0, 1): np.inf,
+                                                      (0, 0, 2): -np.inf, (0, 0, 3): np.inf})
+            b = _with_specials(_randn(r, (B, S, D)), {(0, 0, 1): -np.inf, (0, 0, 3): 0.0,
+                                                      (B - 1, S - 1, D - 1): np.nan})
+            return a, b
+        c = [
+            Case(op, "same-shape", lambda r: (_randn(r, (B, S, D)), _randn(r, (B, S, D))), no_warnings=True),
+            Case(op, "broadcast-row", lambda r: (_randn(r, (B, S, D)), _randn(r, (D,)))),
+            Case(op, "broadcast-both", lambda r: (_randn(r, (B, 1, D)), _randn(r, (S, D)))),
+            Case(op, "broadcast-scalar", lambda r: (_randn(r, (B, S, D)), _randn(r, (1,)))),
+            Case(op, "decode-S1", lambda r: (_randn(r, (1, 1, D)), _randn(r, (1, 1, D)))),
+            Case(op, "float16-mixed", lambda r: (_randn(r, (B, S, D), dtype=F16), _randn(r, (B, S, D)))),
+            Case(op, "noncontig", lambda r: (_noncontig(r, (B, S, D), (2, 1, 0)), _randn(r, (B, S, D)))),
+            Case(op, "zero-S", lambda r: (_randn(r, (B, 0, D)), _randn(r, (D,)))),
+            Case(op, "nan-inf", specials),
+            Case(op, "large", lambda r: (_randn(r, (B, S, D), 1e18), _randn(r, (B, S, D), 1e18)),
+                 no_warnings=True),
+        ]
+        c.append(dataclasses.replace(c[0], name="native", native=True))
+        c += [
+            Case(op, "bad-broadcast", lambda r: (_randn(r, (B, S, D)), _randn(r, (D + 1,))), expect=ShapeError),
+            Case(op, "bad-dtype", lambda r: (_randn(r, (B, S, D)), np.ones((D,), np.int32)), expect=DTypeError),
+        ]
+        out += c
+    return out
+
+
+def _rope_cases(s: KitSizes) -> list[Case]:
+    B, S, H, d, K = s.batch, s.seq, s.heads, s.head_dim, s.kv_len
+    base = 10000.0
+
+    def ar(lo: int, n: int, dtype: Any = np.int64) -> np.ndarray:
+        return np.arange(lo, lo + n, dtype=dtype)
+
+    def scattered(r: np.random.Generator, n: int, high: int = 1024) -> np.ndarray:
+        return r.choice(high, size=n, replace=False).astype(np.int64)
+
+    def large_positions(r: np.random.Generator, n: int) -> np.ndarray:
+        p = r.choice(8192, size=n, replace=False).astype(np.int64)
+        p[0] = 8191
+        return p
+
+    op = "apply_rope_positions"
+    c = [
+        Case(op, "prefill", lambda r: (_randn(r, (B, H, S, d)), ar(0, S), base), no_warnings=True),
+        Case(op, "decode-S1", lambda r: (_randn(r, (B, H, 1, d)), ar(K, 1), base)),
+        Case(op, "kv-offset", lambda r: (_randn(r, (B, H, S, d)), ar(K, S), base)),
+        Case(op, "noncontig-positions", lambda r: (_randn(r, (B, H, S, d)), scattered(r, S), base)),
+        Case(op, "large-positions", lambda r: (_randn(r, (B, H, S, d)), large_positions(r, S), base)),
+        Case(op, "base-500000", lambda r: (_randn(r, (B, H, S, d)), ar(K, S), 500000.0)),
+        Case(op, "noncontig-x", lambda r: (_noncontig(r, (B, H, S, d), (0, 2, 1, 3)), ar(K, S), base)),
+        Case(op, "float16", lambda r: (_randn(r, (B, H, S, d), dtype=F16), ar(K, S), base)),
+        Case(op, "int32-positions", lambda r: (_randn(r, (B, H, S, d)), ar(K, S, np.int32), base)),
+        Case(op, "zero-S", lambda r: (_randn(r, (B, H, 0, d)), ar(0, 0), base)),
+        Case(op, "nan", lambda r: (_with_specials(_randn(r, (B, H, S, d)), {(0, 1, S - 1, 3): np.nan}),
+                                   ar(K, S), base)),
+    ]
+    c.append(dataclasses.replace(c[0], name="native", native=True))
+    c += [
+        Case(op, "bad-odd-D", lambda r: (_randn(r, (B, H, S, d - 1)), ar(0, S), base), expect=ShapeError),
+        Case(op, "bad-positions-dtype", lambda r: (_randn(r, (B, H, S, d)), ar(0, S).astype(F32), base),
+             expect=DTypeError),
+        Case(op, "bad-positions-length", lambda r: (_randn(r, (B, H, S, d)), ar(0, S + 1), base),
+             expect=ShapeError),
+    ]
+    op = "apply_rope_partial"
+    half = d // 2
+    p = [
+        Case(op, "half", lambda r: (_randn(r, (B, H, S, d)), ar(0, S), base, half), no_warnings=True),
+        Case(op, "full", lambda r: (_randn(r, (B, H, S, d)), ar(K, S), base, d)),
+        Case(op, "min-2", lambda r: (_randn(r, (B, H, S, d)), ar(K, S), base, 2)),
+        Case(op, "phi-80-32", lambda r: (_randn(r, (B, 4, S, 80)), ar(K, S), base, 32)),
+        Case(op, "decode-S1", lambda r: (_randn(r, (B, H, 1, d)), ar(K, 1), base, half)),
+        Case(op, "kv-offset", lambda r: (_randn(r, (B, H, S, d)), ar(K, S), base, half)),
+        Case(op, "noncontig-positions", lambda r: (_randn(r, (B, H, S, d)), scattered(r, S), base, half)),
+        Case(op, "noncontig-x", lambda r: (_noncontig(r, (B, H, S, d), (0, 2, 1, 3)), ar(K, S), base, half)),
+        Case(op, "float16", lambda r: (_randn(r, (B, H, S, d), dtype=F16), ar(K, S), base, half)),
+        Case(op, "zero-S", lambda r: (_randn(r, (B, H, 0, d)), ar(0, 0), base, half)),
+        Case(op, "nan", lambda r: (_with_specials(_randn(r, (B, H, S, d)), {(0, 1, S - 1, 3): np.nan,
+                                                                             (0, 0, 0, d - 1): np.nan}),
+                                   ar(K, S), base, half)),
+    ]
+    p.append(dataclasses.replace(p[0], name="native", native=True))
+    p += [
+        Case(op, "bad-odd-rotary", lambda r: (_randn(r, (B, H, S, d)), ar(0, S), base, half - 1),
+             expect=ShapeError),
+        Case(op, "bad-rotary-too-large", lambda r: (_randn(r, (B, H, S, d)), ar(0, S), base, d + 2),
+             expect=ShapeError),
+        Case(op, "bad-rotary-type", lambda r: (_randn(r, (B, H, S, d)), ar(0, S), base, float(half)),
+             expect=DTypeError),
+    ]
+    return c + p
+
+
+def _attention_cases(s: KitSizes) -> list[Case]:
+    B, S, H, KV, d, K = s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, s.kv_len
+    op = "gqa_attention"
+
+    def qkv(r: np.random.Generator, b: int, h: int, kv: int, sq: int, sk: int, dtype: Any = F32,
+            qscale: float = 1.0) -> tuple:
+        return (_randn(r, (b, h, sq, d), qscale, dtype), _randn(r, (b, kv, sk, d), 1.0, dtype),
+                _randn(r, (b, kv, sk, d), 1.0, dtype))
+
+    def noncontig(r: np.random.Generator) -> tuple:
+        perm = (0, 2, 1, 3)     # (B, S, heads, d) as an engine's projections produce it, transposed
+        return (_noncontig(r, (B, H, S, d), perm), _noncontig(r, (B, KV, K + S, d), perm),
+                _noncontig(r, (B, KV, K + S, d), perm))
+
+    def nan_query(r: np.random.Generator) -> tuple:
+        q, k, v = qkv(r, B, H, KV, S, K + S)
+        return _with_specials(q, {(0, 1, S - 1, 4): np.nan}), k, v
+
+    c = [
+        Case(op, "prefill-gqa", lambda r: (*qkv(r, B, H, KV, S, S), KV, True), no_warnings=True),
+        Case(op, "decode-S1", lambda r: (*qkv(r, B, H, KV, 1, K + 1), KV, True)),
+        Case(op, "kv-offset", lambda r: (*qkv(r, B, H, KV, S, K + S), KV, True)),
+        Case(op, "mha", lambda r: (*qkv(r, B, H, H, S, K + S), H, True)),
+        Case(op, "mqa", lambda r: (*qkv(r, B, H, 1, S, K + S), 1, True)),
+        Case(op, "non-causal", lambda r: (*qkv(r, B, H, KV, S, K), KV, False)),
+        Case(op, "float16", lambda r: (*qkv(r, B, H, KV, S, K + S, F16), KV, True)),
+        Case(op, "noncontig", lambda r: (*noncontig(r), KV, True)),
+        Case(op, "zero-Sq", lambda r: (*qkv(r, B, H, KV, 0, K), KV, True)),
+        Case(op, "zero-batch", lambda r: (*qkv(r, 0, H, KV, S, S), KV, True)),
+        Case(op, "nan-query", lambda r: (*nan_query(r), KV, True)),
+        Case(op, "large-scores", lambda r: (*qkv(r, B, H, KV, S, K + S, qscale=30.0), KV, True),
+             no_warnings=True),
+    ]
+    c.append(dataclasses.replace(c[0], name="native", native=True))
+    c += [
+        Case(op, "bad-heads", lambda r: (*qkv(r, B, H, 3, S, S), 3, True), expect=ShapeError),
+        Case(op, "bad-n-kv-heads", lambda r: (*qkv(r, B, H, KV, S, S), KV * 2, True), expect=ShapeError),
+        Case(op, "bad-causal-Sq-gt-Sk", lambda r: (*qkv(r, B, H, KV, S + 1, S), KV, True), expect=ShapeError),
+    ]
+    return c
+
+
+def _logits_cases(s: KitSizes) -> list[Case]:
+    B, S, D, V = s.batch, s.seq, s.hidden, s.vocab
+    out = []
+    for op in ("logits_from_hidden", "all_logits_from_hidden"):
+        nan_at = {(0, 0, 3): np.nan} if op == "logits_from_hidden" else {(0, 1, 3): np.nan}
+        nan_at[(B - 1, S - 1, 7)] = np.nan       # the last position of the last batch row: its logits
+        c = [
+            Case(op, "prefill", lambda r: (_randn(r, (B, S, D)), _weight(r, V, D)), no_warnings=True),
+            Case(op, "decode-S1", lambda r: (_randn(r, (1, 1, D)), _weight(r, V, D))),
+            Case(op, "float16", lambda r: (_randn(r, (B, S, D), dtype=F16), _weight(r, V, D, F16))),
+            Case(op, "noncontig-hidden", lambda r: (_noncontig(r, (B, S, D), (1, 0, 2)), _weight(r, V, D))),
+            Case(op, "zero-batch", lambda r: (_randn(r, (0, S, D)), _weight(r, V, D))),
+            Case(op, "nan", lambda r, n=nan_at: (_with_specials(_randn(r, (B, S, D)), n), _weight(r, V, D))),
+        ]
+        if op == "all_logits_from_hidden":
+            c.append(Case(op, "zero-S", lambda r: (_randn(r, (B, 0, D)), _weight(r, V, D))))
+        c.append(dataclasses.replace(c[0], name="native", native=True))
+        if op == "logits_from_hidden":
+            c.append(Case(op, "bad-S0", lambda r: (_randn(r, (B, 0, D)), _weight(r, V, D)), expect=ShapeError))
+        c += [
+            Case(op, "bad-hidden-size", lambda r: (_randn(r, (B, S, D)), _weight(r, V, D + 1)), expect=ShapeError),
+            Case(op, "bad-dtype", lambda r: (np.ones((B, S, D), np.int16), _weight(r, V, D)), expect=DTypeError),
+        ]
+        out += c
+    return out
+
+
+def build_cases(size: str | KitSizes = "small", ops: Any = None) -> list[Case]:
+    """Every case, in the order of the contract's ops (optionally only ``ops``)."""
+    s = kit_sizes(size)
+    cases = (_linear_cases(s) + _norm_cases(s) + _activation_cases(s) + _binary_cases(s) + _rope_cases(s)
+             + _attention_cases(s) + _logits_cases(s))
+    if ops is not None:
+        wanted = set(ops)
+        unknown = wanted - set(OPS)
+        if unknown:
+            raise ValueError(f"unknown op(s) {', '.join(sorted(unknown))}; the ops are {', '.join(OPS)}")
+        cases = [c for c in cases if c.op in wanted]
+    order = list(OPS)
+    return sorted(cases, key=lambda c: order.index(c.op))

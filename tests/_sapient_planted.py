@@ -1,0 +1,106 @@
+"""Broken backends planted for the conformance kit's tests, as module sources.
+
+Each is usable in-process (:func:`planted_module`, for ``Registry.register``) or as a real installed
+distribution (:func:`write_dist`: a module plus a ``*.dist-info`` with ``entry_points.txt`` in a
+directory that goes on ``sys.path`` / ``PYTHONPATH``), so the same code runs both ways.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import types
+from pathlib import Path
+
+from sapient_core.hookspecs import OPS
+
+_HEADER = '''
+import numpy as np
+from sapient_core import OpDeclined, hookimpl
+from sapient_backend_cpu import kernels
+
+@hookimpl
+def backend_capabilities():
+    return {"api_version": 1, "device": "cpu", "available": True, "thread_safe": True,
+            "description": "planted: %s"}
+'''
+
+#: name -> (what is wrong, the module's ops)
+PLANTED: dict[str, tuple[str, str]] = {
+    "wrongrms": ("rms_norm is off by a relative 1e-3", '''
+@hookimpl
+def rms_norm(x, weight, eps):
+    return kernels.rms_norm(x, weight, eps) * np.float32(1 + 1e-3)
+
+@hookimpl
+def silu(x):
+    return kernels.silu(x)
+'''),
+    "mutates": ("silu writes its result into its input", '''
+@hookimpl
+def silu(x):
+    out = kernels.silu(x)
+    if isinstance(x, np.ndarray) and x.dtype == np.float32:
+        x[...] = out
+        return x
+    return out
+'''),
+    "raises": ("every op raises: it would only ever fall back", "".join(
+        f'''
+@hookimpl
+def {op}({", ".join(args)}):
+    raise RuntimeError("no kernel for {op}")
+''' for op, args in OPS.items())),
+    "wrongshape": ("linear_3d drops the last output feature", '''
+@hookimpl
+def linear_3d(x, weight):
+    return kernels.linear_3d(x, weight)[..., :-1]
+'''),
+    "declines": ("declines every input of the ops it has", '''
+@hookimpl
+def rms_norm(x, weight, eps):
+    raise OpDeclined("no input is good enough")
+
+@hookimpl
+def silu(x):
+    raise OpDeclined("no input is good enough")
+'''),
+    "float64": ("add returns float64", '''
+@hookimpl
+def add(a, b):
+    return np.add(np.asarray(a, np.float64), np.asarray(b, np.float64))
+'''),
+    "nanparity": ("silu turns NaN and Inf into numbers", '''
+@hookimpl
+def silu(x):
+    return np.nan_to_num(kernels.silu(x))
+'''),
+    "overflows": ("silu as x / (1 + exp(-x)): exp overflows for x < -88", '''
+@hookimpl
+def silu(x):
+    x = np.asarray(x, np.float32)
+    return x / (np.float32(1) + np.exp(-x))
+'''),
+}
+
+
+def planted_source(name: str) -> str:
+    what, body = PLANTED[name]
+    return textwrap.dedent(_HEADER % what) + body
+
+
+def planted_module(name: str) -> types.ModuleType:
+    """The planted backend ``name`` as a fresh module object (for ``Registry.register``)."""
+    module = types.ModuleType(f"sapient_backend_{name}")
+    exec(compile(planted_source(name), f"<planted {name}>", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def write_dist(site: Path, name: str, version: str = "0.1.0") -> None:
+    """Install the planted backend ``name`` into ``site`` as distribution ``sapient-backend-<name>``."""
+    site.mkdir(parents=True, exist_ok=True)
+    module = f"sapient_backend_{name}"
+    (site / f"{module}.py").write_text(planted_source(name))
+    info = site / f"sapient_backend_{name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: sapient-backend-{name}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[sapient_core.backends]\n{name} = {module}\n")
