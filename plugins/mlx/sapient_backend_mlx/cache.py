@@ -1,0 +1,229 @@
+"""The weight cache and the host <-> device transfer counters.  Imports neither MLX nor NumPy.
+
+Weights (the ``weight`` / ``bias`` of linears and norms, and ``lm_head``) arrive as NumPy arrays on
+every call.  Uploading them every time would make a decode step copy the whole model to the device,
+so each one is uploaded once and cached **by the identity of the host array**:
+
+- the key is ``id(array)``, and every hit is validated with a weak reference to the array: a new
+  array that reuses a freed array's address is never served the old array's upload;
+- a ``weakref.finalize`` on the array evicts its entry when the array is freed (if the cache's lock
+  is busy at that moment, for instance when the array is freed inside the cache's own critical
+  section, the entry is queued and dropped at the cache's next use);
+- the cache holds at most ``max_bytes`` of device memory: beyond it the least recently used entries
+  are evicted (and uploaded again if used again).  A weight larger than the whole limit is uploaded
+  on every use and never cached.  The default limit is half the device memory the plugin reports
+  (4 GiB if unknown); ``SAPIENT_MLX_WEIGHT_CACHE_BYTES`` or :func:`sapient_backend_mlx.configure_weight_cache`
+  change it;
+- a cached upload is a copy: modifying a weight array in place after its first use is not seen by
+  the cache (call :func:`sapient_backend_mlx.clear_weight_cache`).
+
+Activations (everything else) are converted afresh on every call.  :data:`TRANSFERS` counts every
+host -> device upload (weights and activations apart) and every device -> host copy, so that a
+benchmark can report the copies of a decode step; both appear in ``backend.stats()["plugin"]``.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import weakref
+from typing import Any, Callable
+
+__all__ = ["WeightCache", "Transfers", "WEIGHTS", "TRANSFERS", "ENV_LIMIT", "FALLBACK_LIMIT"]
+
+ENV_LIMIT = "SAPIENT_MLX_WEIGHT_CACHE_BYTES"
+FALLBACK_LIMIT = 4 * 1024 ** 3
+
+
+class _Entry:
+    __slots__ = ("key", "ref", "value", "nbytes", "finalizer")
+
+    def __init__(self, key: int, ref: Any, value: Any, nbytes: int):
+        self.key = key
+        self.ref = ref
+        self.value = value
+        self.nbytes = nbytes
+        self.finalizer: Any = None
+
+
+class WeightCache:
+    """Device copies of host weight arrays, keyed by identity, bounded in bytes, LRU.
+
+    :param max_bytes: the limit; None means the default, resolved on first use: the environment variable
+        ``SAPIENT_MLX_WEIGHT_CACHE_BYTES``, else ``default_limit()`` (a callable returning ``(bytes,
+        source)``; for :data:`WEIGHTS`, half the device memory the plugin reports), else 4 GiB.
+    """
+
+    def __init__(self, max_bytes: int | None = None):
+        self._lock = threading.Lock()
+        self._entries: "collections.OrderedDict[int, _Entry]" = collections.OrderedDict()
+        self._dead: collections.deque = collections.deque()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._limit_source = "argument" if max_bytes is not None else ""
+        self.default_limit: Callable[[], tuple[int, str]] | None = None
+        self.uploads = 0
+        self.upload_bytes = 0
+        self.hits = 0
+        self.evictions = 0
+        self.freed = 0
+        self.uncached = 0
+
+    # --- configuration ----------------------------------------------------------------------------
+
+    def _resolve_limit(self) -> int:
+        if self._max_bytes is None:
+            env = os.environ.get(ENV_LIMIT, "").strip()
+            if env:
+                try:
+                    value = int(env)
+                    if value < 0:
+                        raise ValueError
+                except ValueError:
+                    raise ValueError(f"{ENV_LIMIT}={env!r} is not a byte count (a non-negative int). To remedy "
+                                     f"this, set it to e.g. 8589934592 (8 GiB) or unset it") from None
+                self._max_bytes, self._limit_source = value, ENV_LIMIT
+            elif self.default_limit is not None:
+                self._max_bytes, self._limit_source = self.default_limit()
+            else:
+                self._max_bytes, self._limit_source = FALLBACK_LIMIT, "fallback (4 GiB)"
+        return self._max_bytes
+
+    def configure(self, max_bytes: int | None = None) -> int:
+        """Set the limit (None: back to the default); evict down to it at once; return it."""
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int)
+                                      or max_bytes < 0):
+            raise ValueError(f"configure_weight_cache: max_bytes must be a non-negative int or None, got "
+                             f"{max_bytes!r}")
+        with self._lock:
+            self._max_bytes = max_bytes
+            self._limit_source = "configure_weight_cache()" if max_bytes is not None else ""
+            limit = self._resolve_limit()
+            self._evict_locked(limit, keep=None)
+            return limit
+
+    def clear(self) -> None:
+        """Drop every entry (counters are kept)."""
+        with self._lock:
+            for entry in list(self._entries.values()):
+                self._remove_locked(entry)
+
+    # --- the hot path -----------------------------------------------------------------------------
+
+    def get(self, host: Any, upload: Callable[[Any], Any]) -> Any:
+        """The device copy of ``host``: cached, or ``upload(host)`` (then cached if it fits)."""
+        key = id(host)
+        with self._lock:
+            if self._dead:
+                self._purge_locked()
+            entry = self._entries.get(key)
+            if entry is not None:
+                if entry.ref() is host:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return entry.value
+                # The address was reused by a new array before the old one's finalizer was processed.
+                self._remove_locked(entry)
+                self.freed += 1
+            value = upload(host)
+            nbytes = int(getattr(value, "nbytes", 0))
+            self.uploads += 1
+            self.upload_bytes += nbytes
+            limit = self._resolve_limit()
+            if nbytes > limit:
+                self.uncached += 1
+                return value
+            entry = _Entry(key, weakref.ref(host), value, nbytes)
+            entry.finalizer = weakref.finalize(host, self._on_free, entry)
+            entry.finalizer.atexit = False
+            self._entries[key] = entry
+            self._bytes += nbytes
+            self._evict_locked(limit, keep=entry)
+            return value
+
+    def _on_free(self, entry: _Entry) -> None:
+        # Runs when the host array is freed, in whatever thread freed it.  Never block here: if the lock
+        # is busy (maybe held by this very thread), queue the entry for the next cache operation.
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._entries.get(entry.key) is entry:
+                    self._remove_locked(entry)
+                    self.freed += 1
+            finally:
+                self._lock.release()
+        else:
+            self._dead.append(entry)
+
+    def _purge_locked(self) -> None:
+        while self._dead:
+            entry = self._dead.popleft()
+            if self._entries.get(entry.key) is entry:
+                self._remove_locked(entry)
+                self.freed += 1
+
+    def _remove_locked(self, entry: _Entry) -> None:
+        if self._entries.get(entry.key) is entry:
+            del self._entries[entry.key]
+            self._bytes -= entry.nbytes
+        if entry.finalizer is not None:
+            entry.finalizer.detach()
+        entry.value = None
+
+    def _evict_locked(self, limit: int, keep: _Entry | None) -> None:
+        while self._bytes > limit and self._entries:
+            oldest = next(iter(self._entries.values()))
+            if oldest is keep:
+                break
+            self._remove_locked(oldest)
+            self.evictions += 1
+
+    # --- reporting --------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._purge_locked()
+            return len(self._entries)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            self._purge_locked()
+            limit = self._resolve_limit()
+            return {"entries": len(self._entries), "bytes": self._bytes, "max_bytes": limit,
+                    "max_bytes_source": self._limit_source, "uploads": self.uploads,
+                    "upload_bytes": self.upload_bytes, "hits": self.hits, "evictions": self.evictions,
+                    "freed": self.freed, "uncached": self.uncached}
+
+
+class Transfers:
+    """Counts of host -> device uploads and device -> host copies (calls are serialised by the core)."""
+
+    def __init__(self) -> None:
+        self.activation_uploads = 0
+        self.activation_upload_bytes = 0
+        self.device_to_host = 0
+        self.device_to_host_bytes = 0
+
+    def upload(self, nbytes: int) -> None:
+        self.activation_uploads += 1
+        self.activation_upload_bytes += nbytes
+
+    def download(self, nbytes: int) -> None:
+        self.device_to_host += 1
+        self.device_to_host_bytes += nbytes
+
+    def stats(self) -> dict[str, int]:
+        return {"activation_uploads": self.activation_uploads,
+                "activation_upload_bytes": self.activation_upload_bytes,
+                "device_to_host": self.device_to_host, "device_to_host_bytes": self.device_to_host_bytes}
+
+
+def _plugin_default_limit() -> tuple[int, str]:
+    from .plugin import _default_cache_limit     # lazy: the plugin module imports this one
+    return _default_cache_limit()
+
+
+#: The process-wide weight cache and transfer counters of the MLX plugin.
+WEIGHTS = WeightCache()
+WEIGHTS.default_limit = _plugin_default_limit
+TRANSFERS = Transfers()
