@@ -1,10 +1,30 @@
 """NumPy reference kernels, one function per op of the sapient_core contract.
 
 Each function has its hook's exact signature and assumes validated input (the core checks shapes and
-dtypes before calling).  Inputs may be float16 or any array NumPy can convert; everything is computed
-and returned in float32.  Where float32 alone would lose accuracy, the kernel works around it: norm
-statistics use pairwise summation and a float64 mean, RoPE angles are computed in float64, softmax
-subtracts the row maximum, and sigmoid is evaluated in a form that never overflows.
+dtypes before calling).  Inputs may be float16 or anything NumPy converts; everything is computed and
+returned in float32.  The numerical choices, each measured against the float64 oracles of
+``sapient_core.testing.oracle`` (see ``plugins/cpu/tests``):
+
+- **Reductions** (norm statistics, softmax sums) use NumPy's pairwise summation along the contiguous
+  last axis, so their rounding error grows like log2(D), not D.  ``layer_norm`` subtracts the float32
+  mean, then removes what that mean's rounding left behind (the corrected two-pass algorithm): a mean
+  of 1e4 over values that differ by 1 still gives float32-level results.
+- **Exponentials** are evaluated as ``exp2`` with ``log2(e)`` folded into a multiplication the kernel
+  does anyway (NumPy's float32 ``exp2`` is about twice as fast as ``exp``, both within 3 ulp).  Where an
+  exponential may overflow to ``inf`` and ``inf`` is the right intermediate (``x / (1 + inf) == -0.0``
+  in ``silu`` for very negative ``x``), the overflow warning is silenced for that call only.
+- **erf** (for the exact GELU) is a (3, 4) rational minimax fit of the Mills ratio in continued-fraction
+  form, so it needs no SciPy, keeps *relative* accuracy in the far tail (GELU of -6 is -6e-9, not 0)
+  and never overflows; see :func:`erfc` for the measured error.
+- **RoPE angles** are ``positions * inv_freq`` in float64 (position 100000 times a frequency near 1 has
+  no float32-accurate cosine), rounded to float32 only as cos/sin; the tables are cached per positions
+  (every layer's q and k share them).
+- **Attention** groups the query heads that share a KV head into the rows of one matrix product per KV
+  head, so K and V are never repeated; the softmax subtracts the row maximum.
+
+Kernels write into their output buffer in place wherever they can (``out=``, ``*=``); the two that
+need scratch space (the exact GELU, layer_norm's sum of squares) work through the input in chunks of
+``_CHUNK`` elements, so their scratch buffers stay in the L2 cache.
 """
 
 from __future__ import annotations
@@ -22,6 +42,13 @@ __all__ = [
 
 _F32 = np.dtype(np.float32)
 _ndarray = np.ndarray
+_f32c = np.float32
+_ONE = _f32c(1.0)
+_LOG2E = math.log2(math.e)
+
+#: Elements per chunk in the kernels that need scratch buffers: 64 Ki float32 = 256 KiB per buffer,
+#: so the three or four buffers in flight fit a 1 MiB L2 cache.
+_CHUNK = 1 << 16
 
 
 def _f32(x):
@@ -31,6 +58,12 @@ def _f32(x):
     return np.asarray(x, dtype=np.float32)
 
 
+def _f32_flat(x):
+    """``x`` as a C-contiguous float32 ndarray (copied only when needed), for the chunked kernels."""
+    x = _f32(x)
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+
+
 # --- linear ------------------------------------------------------------------------------------------
 
 def linear_3d(x, weight):
@@ -38,6 +71,9 @@ def linear_3d(x, weight):
     w = _f32(weight)
     b, s, n = x.shape
     if x.flags.c_contiguous:
+        # One BLAS sgemm on (B*S, in) x (in, out); w.T is a view, so the weight is read once, in place.
+        # For a decode step (B*S = 1) this is as fast as np.dot(w, x) (sgemv): both stream the weight
+        # at DRAM bandwidth (see benchmarks/bench_cpu.py).
         return np.dot(x.reshape(b * s, n), w.T).reshape(b, s, w.shape[0])
     return np.matmul(x, w.T)
 
@@ -51,17 +87,38 @@ def linear_3d_bias(x, weight, bias):
 
 # --- norms -------------------------------------------------------------------------------------------
 
+def _row_sum_of_squares(y):
+    """Sum of ``y**2`` over the last axis (pairwise, float32), shape ``y.shape[:-1] + (1,)``.
+
+    The squares go through a scratch buffer of at most ``_CHUNK`` elements, a block of rows at a time
+    (the pairwise sum of a separate squares array is 4-8x more accurate than ``einsum``'s running sum).
+    """
+    d = y.shape[-1]
+    if y.size <= _CHUNK:
+        return np.square(y).sum(axis=-1, keepdims=True)
+    rows = y.reshape(-1, d)
+    out = np.empty((rows.shape[0], 1), np.float32)
+    step = max(1, _CHUNK // d)
+    buf = np.empty((step, d), np.float32)
+    for r in range(0, rows.shape[0], step):
+        block = rows[r:r + step]
+        sq = buf[:block.shape[0]]
+        np.square(block, out=sq)
+        np.sum(sq, axis=-1, keepdims=True, out=out[r:r + step])
+    return out.reshape(y.shape[:-1] + (1,))
+
+
 def rms_norm(x, weight, eps):
     x = _f32(x)
     w = _f32(weight)
     if x.size == 0:
         return np.empty(x.shape, np.float32)
-    out = np.square(x)
-    ms = out.sum(axis=-1, keepdims=True)          # pairwise summation along the contiguous axis
-    ms *= np.float32(1.0 / x.shape[-1])
-    ms += np.float32(eps)
-    np.sqrt(ms, out=ms)
-    np.divide(x, ms, out=out)
+    out = np.square(x)                               # the output buffer holds the squares first
+    rms = out.sum(axis=-1, keepdims=True)            # pairwise: error ~ log2(D) ulp, not D
+    rms *= _f32c(1.0 / x.shape[-1])
+    rms += _f32c(eps)
+    np.sqrt(rms, out=rms)
+    np.divide(x, rms, out=out)
     out *= w
     return out
 
@@ -71,98 +128,180 @@ def layer_norm(x, weight, bias, eps):
     w = _f32(weight)
     if x.size == 0:
         return np.empty(x.shape, np.float32)
-    inv_d = np.float32(1.0 / x.shape[-1])
-    mean = x.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
-    xc = x - mean
-    corr = xc.sum(axis=-1, keepdims=True)         # what the float32 rounding of the mean left behind
+    inv_d = _f32c(1.0 / x.shape[-1])
+    mean = x.sum(axis=-1, keepdims=True)
+    mean *= inv_d
+    out = np.subtract(x, mean)                       # exact where x is within 2x of the mean (Sterbenz)
+    # The float32 mean is off by a few ulp of |mean|; the mean of the centred values measures that
+    # error, and var = mean(c^2) - corr^2 is the variance of c - corr.  Without this, a mean of 1e4
+    # over values that differ by 1 would leave errors of 1e-3 in the output.
+    corr = out.sum(axis=-1, keepdims=True)
     corr *= inv_d
-    xc -= corr
-    var = np.square(xc)
-    var = var.sum(axis=-1, keepdims=True)
+    var = _row_sum_of_squares(out)
     var *= inv_d
-    var += np.float32(eps)
+    var -= corr * corr
+    np.maximum(var, _f32c(0.0), out=var)             # rounding can leave -0.0-ish values when var ~ 0
+    var += _f32c(eps)
     np.sqrt(var, out=var)
-    xc /= var
-    xc *= w
+    out -= corr
+    out /= var
+    out *= w
     if bias is not None:
-        xc += _f32(bias)
-    return xc
+        out += _f32(bias)
+    return out
 
 
 # --- activations -------------------------------------------------------------------------------------
 
-def _times_sigmoid(x, z):
-    """``x * sigmoid(z)`` computed without overflow: with e = exp(-|z|) <= 1,
-    sigmoid(z) = 1 / (1 + e) for z >= 0 and e / (1 + e) for z < 0."""
-    e = np.abs(z)
-    np.negative(e, out=e)
-    np.exp(e, out=e)
-    num = np.where(z < 0, e, np.float32(1.0))
-    num *= x
-    e += np.float32(1.0)
-    num /= e
-    return num
-
-
 def silu(x):
+    # x * sigmoid(x) = x / (1 + exp(-x)), exp(-x) = exp2(-x * log2 e).  For x < -88 exp overflows to
+    # inf and x / inf = -0.0, the correctly rounded result, so that overflow is expected and silenced.
     x = _f32(x)
-    return _times_sigmoid(x, x)
+    with np.errstate(over="ignore", invalid="ignore"):   # invalid: x = -inf gives -inf/inf = NaN, as the formula
+        out = np.multiply(x, _f32c(-_LOG2E))
+        np.exp2(out, out=out)
+        out += _ONE
+        np.divide(x, out, out=out)
+    return out
 
 
-# erfc(a) for a >= 0 as t * exp(-a^2 + P(t)), t = 1 / (1 + a/2): the Chebyshev fit of Numerical
-# Recipes (erfcc), whose fractional error is below 1.2e-7 everywhere; evaluated in float64.
-_ERFC_COEFFS = (0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806,
-                0.09678418, 0.37409196, 1.00002368, -1.26551223)
+# erfc / the exact GELU.  With Q(a) = P(N(0,1) > a) = erfc(a / sqrt 2) / 2, the Mills-ratio form
+#     Q(a) = exp(-a^2 / 2) * R(a),   R(a) = _B0 / T(a)   for a >= 0,
+# where T is the continued fraction
+#     T(a) = a + c1 + b1 / (a + c2 + b2 / (a + c3 + b3 / (a + c4))),
+# a (3, 4) rational minimax fit of R on [0, 16] with relative error <= 6.4e-8 * (1 + a^2 / 2) (the
+# growing allowance matches the float32 rounding of a^2 / 2 in the exponent).  Evaluating it takes
+# four divisions and seven additions, no multiplications, and T(a) ~ a never overflows.
+_B0 = _f32c(0.39882864903757953)
+_C1, _C2, _C3, _C4 = (_f32c(c) for c in (-0.012019892008941624, 2.0664574741391224, 4.1844797037591945,
+                                          1.2230397441763585))
+_BETA1, _BETA2, _BETA3 = (_f32c(b) for b in (1.2236257786155562, -10.282636237600679, 17.533390885703046))
+_HALF_LOG2E = _f32c(0.5 * _LOG2E)
 
 
-def _erfc_nonneg(a):
-    """erfc(a) for a >= 0 (float64 array), relative error below 1.2e-7."""
-    t = 1.0 / (1.0 + 0.5 * a)
-    p = np.full_like(a, _ERFC_COEFFS[0])
-    for c in _ERFC_COEFFS[1:]:
-        p *= t
-        p += c
-    p -= a * a
-    np.exp(p, out=p)
-    p *= t
-    return p
+def _mills_denominator(a, out):
+    """``out <- T(a)`` (float32, a >= 0), so that ``Q(a) = _B0 * exp(-a^2/2) / T(a)``."""
+    np.add(a, _C4, out=out)
+    for beta, c in ((_BETA3, _C3), (_BETA2, _C2), (_BETA1, _C1)):
+        np.divide(beta, out, out=out)
+        out += a
+        out += c
+    return out
 
 
 def erfc(x):
-    """Complementary error function of a float array (float64 result), relative error < 1.2e-7."""
-    x = np.asarray(x, dtype=np.float64)
-    e = _erfc_nonneg(np.abs(x))
-    return np.where(x < 0, 2.0 - e, e)
+    """Complementary error function, float32 in and out (any float array accepted).
+
+    Relative error, measured against ``math.erfc`` on a grid of 2e6 points over [-10, 10]: at most
+    2.7 float32 epsilons (3.3e-7) for |x| <= 1 and 2.4 eps * (1 + x^2) everywhere (9.2e-6 at x = 9;
+    the growth is the float32 rounding of x^2 in exp(-x^2)); ``plugins/cpu/tests/test_erf.py`` checks
+    these bounds.  Results below the float32 range (x > 9.2) are 0.
+    """
+    z = _f32(x)
+    with np.errstate(over="ignore"):                 # exp(z^2) -> inf beyond |z| ~ 9.4: erfc 0
+        a = np.abs(z)
+        a *= _f32c(math.sqrt(2.0))                   # erfc(|z|) = 2 Q(a), a = sqrt(2) |z|
+        t = _mills_denominator(a, np.empty_like(a))
+        e = np.square(z)
+        e *= _f32c(_LOG2E)
+        np.exp2(e, out=e)
+        e *= t
+    np.divide(_f32c(2.0) * _B0, e, out=e)            # erfc(|z|)
+    neg = z < 0
+    e[neg] = _f32c(2.0) - e[neg]                     # erfc(-y) = 2 - erfc(y)
+    return e
+
+
+# erf(z) = 2/sqrt(pi) * sum_n (-1)^n z^(2n+1) / (n! (2n+1)); for |z| < 0.5 eight terms leave < 1e-11.
+_ERF_SERIES = tuple(_f32c(2.0 / math.sqrt(math.pi) * (-1) ** n / (math.factorial(n) * (2 * n + 1)))
+                    for n in range(8))
 
 
 def erf(x):
-    """Error function of a float array (float64 result), absolute error < 1.2e-7."""
-    x = np.asarray(x, dtype=np.float64)
-    e = _erfc_nonneg(np.abs(x))
-    return np.where(x < 0, e - 1.0, 1.0 - e)
+    """Error function, float32 in and out: ``1 - erfc(|x|)`` with the sign of ``x``, and for |x| < 0.5
+    its Taylor series (so that erf keeps its relative accuracy near 0: erf(0) is 0).
+
+    Absolute error at most 1.3 float32 epsilons (1.5e-7), measured against ``math.erf`` on a grid of
+    2e6 points over [-10, 10]; see :func:`erfc`.
+    """
+    z = _f32(x)
+    y = erfc(np.abs(z))
+    np.subtract(_ONE, y, out=y)
+    np.copysign(y, z, out=y)
+    small = np.abs(z) < 0.5
+    if small.any():
+        zs = z[small]
+        z2 = zs * zs
+        p = np.full_like(zs, _ERF_SERIES[-1])
+        for c in _ERF_SERIES[-2::-1]:
+            p *= z2
+            p += c
+        y[small] = zs * p
+    return y
+
+
+def _gelu_erf(x):
+    """0.5 x (1 + erf(x / sqrt 2)) = x Phi(x) = relu(x) - |x| Q(|x|), in float32 chunks."""
+    x = _f32_flat(x)
+    out = np.empty(x.shape, np.float32)
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    n = xf.size
+    if n == 0:
+        return out
+    m = min(n, _CHUNK)
+    a, t, e = np.empty(m, np.float32), np.empty(m, np.float32), np.empty(m, np.float32)
+    zero = np.zeros(m, np.float32)   # np.maximum(x, 0-array) is several times faster than with a scalar
+    # over: exp(x^2/2) -> inf for |x| > 13.3, where |x| Q(|x|) is 0; invalid: only for infinite x.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, n, m):
+            xs = xf[start:start + m]
+            os = of[start:start + m]
+            if xs.size != m:
+                k = xs.size
+                a, t, e, zero = a[:k], t[:k], e[:k], zero[:k]
+            np.abs(xs, out=a)
+            _mills_denominator(a, t)
+            np.square(xs, out=e)
+            e *= _HALF_LOG2E
+            np.exp2(e, out=e)                        # exp(a^2 / 2)
+            e *= t
+            np.divide(a, e, out=e)
+            e *= _B0                                 # |x| Q(|x|)
+            np.maximum(xs, zero, out=os)
+            os -= e
+    # x = +inf gives inf - inf/inf = NaN above; the limit (and the formula's value) is +inf.  One cheap
+    # reduction tells whether any such input is present (it is NaN or inf only then).
+    if not np.isfinite(np.add.reduce(of)):
+        of[xf == np.inf] = np.inf
+    return out
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
-def gelu(x, approximate):
+def _gelu_tanh(x):
+    # 0.5 x (1 + tanh(u)) == x sigmoid(2u) == x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3):
+    # no cancellation in the negative tail, and exp(-2u) = exp2(x * (c0 + c1 x^2)) with the constants
+    # folded.  Overflow to inf for very negative x gives x / inf = -0.0, as for silu.
     x = _f32(x)
+    c0 = _f32c(-2.0 * _SQRT_2_OVER_PI * _LOG2E)
+    c1 = _f32c(-2.0 * _SQRT_2_OVER_PI * 0.044715 * _LOG2E)
+    with np.errstate(over="ignore", invalid="ignore"):   # invalid: only for infinite x, as the formula
+        out = np.square(x)
+        out *= c1
+        out += c0
+        out *= x
+        np.exp2(out, out=out)
+        out += _ONE
+        np.divide(x, out, out=out)
+    return out
+
+
+def gelu(x, approximate):
     if approximate == "tanh":
-        # 0.5 (1 + tanh(u)) == sigmoid(2u): the stable sigmoid keeps the negative tail accurate.
-        z = x * x
-        z *= np.float32(0.044715)
-        z += np.float32(1.0)
-        z *= x
-        z *= np.float32(2.0 * _SQRT_2_OVER_PI)
-        return _times_sigmoid(x, z)
-    # 0.5 x (1 + erf(x / sqrt 2)) == 0.5 x erfc(-x / sqrt 2); for x < 0 erfc is evaluated directly
-    # (accurate in the tail), for x >= 0 as 2 - erfc(|x| / sqrt 2).
-    xd = x.astype(np.float64)
-    e = _erfc_nonneg(np.abs(xd) * (1.0 / math.sqrt(2.0)))
-    e = np.where(xd < 0, e, 2.0 - e)
-    e *= xd
-    e *= 0.5
-    return e.astype(np.float32)
+        return _gelu_tanh(x)
+    return _gelu_erf(x)
 
 
 # --- elementwise -------------------------------------------------------------------------------------
@@ -179,27 +318,57 @@ def mul(a, b):
 
 @functools.lru_cache(maxsize=64)
 def _inv_freq(base, rotary_dim):
-    return float(base) ** (-(np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim))
+    """base ** (-2i / rotary_dim), i = 0 .. rotary_dim/2 - 1, float64 (read-only, cached)."""
+    inv = float(base) ** (-(np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim))
+    inv.setflags(write=False)
+    return inv
+
+
+def _rope_tables_uncached(positions, base, rotary_dim):
+    angles = np.multiply.outer(positions.astype(np.float64), _inv_freq(base, rotary_dim))   # (S, half)
+    cos = np.cos(angles).astype(np.float32)
+    sin = np.sin(angles).astype(np.float32)
+    cos2 = np.concatenate([cos, cos], axis=-1)       # (S, rotary_dim): cos over both halves
+    sin2 = np.stack([-sin, sin], axis=-2)            # (S, 2, half): the sign of rotate_half folded in
+    cos2.setflags(write=False)
+    sin2.setflags(write=False)
+    return cos2, sin2
+
+
+@functools.lru_cache(maxsize=16)
+def _rope_tables_cached(position_bytes, base, rotary_dim):
+    return _rope_tables_uncached(np.frombuffer(position_bytes, np.int64), base, rotary_dim)
+
+
+def _rope_tables(positions, base, rotary_dim):
+    """float32 cos/sin tables for these positions.  The q and k of every layer of one forward pass use
+    the same positions, so tables up to 1 Mi entries are cached (keyed on the positions' bytes): the
+    float64 cos/sin of a 128-token prefill cost more than the rotation itself."""
+    positions = np.asarray(positions).astype(np.int64, copy=False)
+    if positions.size * rotary_dim <= 1 << 20:
+        return _rope_tables_cached(positions.tobytes(), float(base), rotary_dim)
+    return _rope_tables_uncached(positions, float(base), rotary_dim)
 
 
 def _rope(x, positions, base, rotary_dim):
+    # out = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1] (Hugging Face / NeoX layout).
     x = _f32(x)
+    d = x.shape[-1]
     half = rotary_dim // 2
-    pos = np.asarray(positions, dtype=np.float64)
-    angles = pos[:, None] * _inv_freq(float(base), rotary_dim)[None, :]   # (S, half), float64
-    cos = np.cos(angles).astype(np.float32)
-    sin = np.sin(angles).astype(np.float32)
-    out = np.empty_like(x)
-    x1 = x[..., :half]
-    x2 = x[..., half:rotary_dim]
-    lo = out[..., :half]
-    hi = out[..., half:rotary_dim]
-    np.multiply(x1, cos, out=lo)
-    lo -= x2 * sin
-    np.multiply(x2, cos, out=hi)
-    hi += x1 * sin
-    if rotary_dim < x.shape[-1]:
-        out[..., rotary_dim:] = x[..., rotary_dim:]
+    cos2, sin2 = _rope_tables(positions, base, rotary_dim)
+    xr = x[..., :rotary_dim]
+    pairs = xr.reshape(x.shape[:-1] + (2, half))     # a view: (x1, x2) along axis -2
+    # [x2, x1] * [-sin, sin] in one pass over the swapped view (no concatenated copy of x)
+    rotated = np.multiply(pairs[..., ::-1, :], sin2).reshape(xr.shape)
+    if rotary_dim == d:
+        out = np.multiply(x, cos2)                   # full-width, contiguous: the fast path
+        out += rotated
+        return out
+    out = np.empty(x.shape, np.float32)
+    head = out[..., :rotary_dim]
+    np.multiply(xr, cos2, out=head)
+    head += rotated
+    out[..., rotary_dim:] = x[..., rotary_dim:]
     return out
 
 
@@ -229,19 +398,20 @@ def gqa_attention(q, k, v, n_kv_heads, causal):
     v = _f32(v)
     b, h, sq, d = q.shape
     kv, sk = k.shape[1], k.shape[2]
-    if b == 0 or sq == 0:
+    if q.size == 0:
         return np.zeros((b, h, sq, d), np.float32)
     g = h // kv
-    # Query heads j*g ... (j+1)*g-1 share kv head j: group them as rows of one matmul per kv head,
-    # so K and V are never repeated.
-    qg = q.reshape(b, kv, g * sq, d) * np.float32(1.0 / math.sqrt(d))
-    scores = np.matmul(qg, k.transpose(0, 1, 3, 2))                      # (b, kv, g*sq, sk)
+    # Query heads j*g ... (j+1)*g-1 share KV head j (Hugging Face repeat_kv order), so (B, H, Sq, d)
+    # viewed as (B, KV, g*Sq, d) puts each group in the rows of one matmul against its K and V: no
+    # repeated K/V.  The 1/sqrt(d) scale and log2(e) (the softmax uses exp2) go into this copy of q.
+    qg = np.multiply(q.reshape(b, kv, g * sq, d), _f32c(_LOG2E / math.sqrt(d)))
+    scores = np.matmul(qg, k.transpose(0, 1, 3, 2))  # (B, KV, g*Sq, Sk), in log2 units
     if causal and sq > 1:
-        scores.reshape(b, kv, g, sq, sk)[...] += _causal_bias(sq, sk)
+        scores.reshape(b, kv, g, sq, sk)[...] += _causal_bias(sq, sk)   # every row keeps >= 1 key
     scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
+    np.exp2(scores, out=scores)
     denom = scores.sum(axis=-1, keepdims=True)
-    out = np.matmul(scores, v)                                            # (b, kv, g*sq, d)
+    out = np.matmul(scores, v)                       # (B, KV, g*Sq, d)
     out /= denom
     return out.reshape(b, h, sq, d)
 

@@ -1,0 +1,78 @@
+"""The float64 oracle itself, against values computed by hand: the numerics tests are only as good as
+the oracle they compare with."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sapient_core.testing import oracle
+
+
+def test_rope_at_position_zero_is_the_identity():
+    x = np.random.default_rng(0).standard_normal((1, 2, 1, 8))
+    np.testing.assert_array_equal(oracle.apply_rope_positions(x, [0], 10000.0), x)
+
+
+def test_rope_hand_computed():
+    # D = 4, base 100: inv_freq = [1, 100 ** (-2/4)] = [1, 0.1]; position 2 -> angles [2, 0.2];
+    # rotate-half pairs channel i with channel i + 2: (x0, x2) and (x1, x3).
+    x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 1, 4)
+    c0, s0, c1, s1 = math.cos(2), math.sin(2), math.cos(0.2), math.sin(0.2)
+    want = [1 * c0 - 3 * s0, 2 * c1 - 4 * s1, 3 * c0 + 1 * s0, 4 * c1 + 2 * s1]
+    np.testing.assert_allclose(oracle.apply_rope_positions(x, [2], 100.0).ravel(), want, rtol=1e-15)
+    # partial (Phi): rotary_dim 2 of D 4 -> inv_freq [1] on channels (0, 1); channels 2, 3 unchanged
+    want = [1 * c0 - 2 * s0, 2 * c0 + 1 * s0, 3.0, 4.0]
+    np.testing.assert_allclose(oracle.apply_rope_partial(x, [2], 100.0, 2).ravel(), want, rtol=1e-15)
+
+
+def test_attention_with_one_key_returns_its_value():
+    rng = np.random.default_rng(1)
+    q, k, v = rng.standard_normal((1, 4, 1, 8)), rng.standard_normal((1, 2, 1, 8)), rng.standard_normal((1, 2, 1, 8))
+    out = oracle.gqa_attention(q, k, v, 2, True)
+    np.testing.assert_allclose(out, np.repeat(v, 2, axis=1), rtol=1e-15)
+
+
+def test_attention_causal_offset_and_uniform_weights():
+    # q = 0: every visible key gets the same weight, so the output is the mean of the visible values.
+    # Sq = 2, Sk = 5: query 0 sees keys 0..3 (offset 3), query 1 sees keys 0..4.
+    v = np.arange(5.0).reshape(1, 1, 5, 1) * np.ones((1, 1, 5, 2))
+    out = oracle.gqa_attention(np.zeros((1, 1, 2, 2)), np.ones((1, 1, 5, 2)), v, 1, True)
+    np.testing.assert_allclose(out[0, 0, :, 0], [1.5, 2.0], rtol=1e-15)
+
+
+def test_attention_uses_hugging_face_repeat_kv_order():
+    # 4 query heads, 2 KV heads whose values are 10 and 20: repeat_kv maps heads (0, 1) -> kv 0 and
+    # (2, 3) -> kv 1 (np.repeat), not (0, 2) -> kv 0 (np.tile).
+    v = np.array([10.0, 20.0]).reshape(1, 2, 1, 1) * np.ones((1, 2, 3, 4))
+    out = oracle.gqa_attention(np.ones((1, 4, 3, 4)), np.ones((1, 2, 3, 4)), v, 2, True)
+    np.testing.assert_allclose(out[0, :, 0, 0], [10, 10, 20, 20], rtol=1e-15)
+
+
+@pytest.mark.parametrize("fn,x,want", [
+    (lambda x: oracle.gelu(x, "none"), 1.0, 0.8413447460685429),          # Phi(1)
+    (lambda x: oracle.gelu(x, "none"), -2.0, -2 * 0.022750131948179195),  # -2 Phi(-2)
+    (lambda x: oracle.gelu(x, "tanh"), 1.0, 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * 1.044715))),
+    (oracle.silu, 1.0, 1 / (1 + math.exp(-1))),
+    (oracle.silu, -800.0, -800 * math.exp(-800)),                         # 0: no overflow
+])
+def test_activation_values(fn, x, want):
+    np.testing.assert_allclose(fn(np.array([x])), [want], rtol=1e-14, atol=1e-300)
+
+
+def test_norms_hand_computed():
+    np.testing.assert_allclose(oracle.rms_norm(np.array([3.0, 4.0]), np.array([1.0, 2.0]), 0.0),
+                               [3 / math.sqrt(12.5), 8 / math.sqrt(12.5)], rtol=1e-15)
+    np.testing.assert_allclose(oracle.layer_norm(np.array([1.0, 2.0, 3.0]), np.ones(3), np.array([0.0, 1.0, 0.0]), 0.0),
+                               [-math.sqrt(1.5), 1.0, math.sqrt(1.5)], rtol=1e-15)
+
+
+def test_linear_and_logits_hand_computed():
+    x = np.array([1.0, 2.0]).reshape(1, 1, 2)
+    w = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    np.testing.assert_array_equal(oracle.linear_3d_bias(x, w, np.array([0.5, 0, 0])), [[[1.5, 2.0, 3.0]]])
+    h = np.array([[[1.0, 0.0], [1.0, 2.0]]])
+    np.testing.assert_array_equal(oracle.logits_from_hidden(h, w), [[1.0, 2.0, 3.0]])
+    np.testing.assert_array_equal(oracle.all_logits_from_hidden(h, w)[0, 0], [1.0, 0.0, 1.0])
