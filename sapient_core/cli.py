@@ -182,6 +182,8 @@ def _sizes_arg(text: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sapient-backends",
                                      description="Inspect the sapient_core backend plugins installed here.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log every discovery and resolution decision (the sapient_core logger at DEBUG)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="every discovered backend, broken and unavailable ones included")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -220,9 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setup_logging(verbose: bool) -> None:
+    """Show the ``sapient_core`` logger's records on stderr, labelled (``-v``: the debug decisions too)."""
+    import logging
+    logger = logging.getLogger("sapient_core")
+    if verbose:
+        logger.setLevel(logging.DEBUG)
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
     if getattr(args, "model_bytes", 0) and args.model_bytes < 0:
         parser.error("--model-bytes must be >= 0")
     return args.func(args)
