@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nPer op ({sizes}), {other.name} against the CPU reference:")
         report = run_bench([other.name], sizes, registry=registry, min_time=args.min_time,
                            min_repeats=args.min_repeats,
-                           progress=lambda i, n, label: print(f"  [{i + 1}/{n}] {label}", end="\r",
+                           progress=None if not sys.stderr.isatty() else
+                           lambda i, n, label: print(f"  [{i + 1}/{n}] {label}", end="\r",
                                                               file=sys.stderr, flush=True))
         print(" " * 70, end="\r", file=sys.stderr)
         print(report.table())

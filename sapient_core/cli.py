@@ -52,6 +52,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, status, reason in notes:
             print(f"{name} ({status}): {reason}")
     for i in infos:
+        caps = i.capabilities
+        if caps is not None:
+            for device, why in caps.unavailable_devices.items():
+                print(f"{i.name} cannot use {device!r} here: {why}")
+    for i in infos:
         if i.memory is not None and i.memory.total_bytes is not None:
             print(f"{i.name} memory from {i.memory.source}"
                   + (f"; {', '.join(f'{k}={v}' for k, v in i.memory.details.items())}" if i.memory.details else ""))

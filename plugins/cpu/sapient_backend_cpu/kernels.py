@@ -270,10 +270,11 @@ def _gelu_erf(x):
             e *= _B0                                 # |x| Q(|x|)
             np.maximum(xs, zero, out=os)
             os -= e
-    # x = +inf gives inf - inf/inf = NaN above; the limit (and the formula's value) is +inf.  One cheap
-    # reduction tells whether any such input is present (it is NaN or inf only then).
-    if not np.isfinite(np.add.reduce(of)):
-        of[xf == np.inf] = np.inf
+        # x = +inf gives inf - inf/inf = NaN above; the limit (and the formula's value) is +inf.  One
+        # cheap reduction tells whether such an input may be present (the sum is NaN or inf only then;
+        # it may also overflow for huge finite values, which the errstate above keeps quiet).
+        if not np.isfinite(np.add.reduce(of)):
+            of[xf == np.inf] = np.inf
     return out
 
 

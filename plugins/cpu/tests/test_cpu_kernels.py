@@ -281,3 +281,20 @@ def test_empty_inputs_give_empty_results_of_the_right_shape(ops):
     ]
     for i, (y, shape) in enumerate(cases):
         assert isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == shape, (i, y.shape, shape)
+
+
+@pytest.mark.parametrize("name", ["silu", "gelu_none", "gelu_tanh"])
+def test_activations_match_the_formula_at_infinities_without_warnings(ops, name):
+    # +inf -> +inf (the limit); -inf -> NaN, as the formula evaluated literally (-inf * 0) and the
+    # float64 oracle give; NaN stays NaN.  Two huge finite values check that no internal sum overflows.
+    x = np.array([np.inf, -np.inf, np.nan, 3.0e38, 3.0e38, 1.0, -1.0], F32)
+    f = {"silu": (ops.silu, oracle.silu), "gelu_none": (lambda a: ops.gelu(a, "none"), oracle.gelu),
+         "gelu_tanh": (lambda a: ops.gelu(a, "tanh"), lambda a: oracle.gelu(a, "tanh"))}[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = np.asarray(f[0](x))
+    with np.errstate(all="ignore"):
+        ref = f[1](x.astype(np.float64))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    assert y[0] == np.inf and y[3] == y[4] == np.float32(3.0e38)
+    np.testing.assert_allclose(y[5:], ref[5:], rtol=1e-6)
