@@ -43,6 +43,7 @@ import time
 import numpy as np
 
 import sapient_core
+from sapient_core.testing._table import format_table
 from sapient_core.testing.bench import run_bench
 from sapient_core.testing.llama import Llama, LlamaConfig, random_weights
 
@@ -53,10 +54,7 @@ SMALL_MODEL = LlamaConfig(hidden_size=256, num_attention_heads=8, num_key_value_
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return format_table(rows, header, right=range(1, len(header)))
 
 
 # --- memory bandwidth ------------------------------------------------------------------------------

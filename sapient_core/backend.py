@@ -28,9 +28,8 @@ __all__ = ["Backend"]
 
 logger = logging.getLogger("sapient_core")
 
-#: Argument names that carry arrays (converted to NumPy when the CPU reference takes over).
-_ARRAY_ARGS = frozenset({"x", "weight", "bias", "a", "b", "positions", "q", "k", "v", "hidden", "lm_head"})
-_NUMPY_RESULT_OPS = frozenset({"logits_from_hidden", "all_logits_from_hidden"})
+_ARRAY_ARGS = hookspecs.ARRAY_ARGS
+_NUMPY_RESULT_OPS = hookspecs.NUMPY_RESULT_OPS
 _ROPE_OPS = frozenset({"apply_rope_positions", "apply_rope_partial"})
 _ndarray = np.ndarray
 _WARNED_LOCK = threading.Lock()

@@ -13,19 +13,13 @@ import json
 import sys
 from typing import Any, Sequence
 
+from .testing._table import format_table
+
 __all__ = ["main", "build_parser"]
 
 
 def _gib(n: int | None) -> str:
     return "unknown" if n is None else f"{n / 1024 ** 3:.1f} GiB"
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -45,7 +39,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                      "-" if i.priority is None else str(i.priority),
                      "-" if i.thread_safe is None else ("yes" if i.thread_safe else "no"),
                      mem or "-", i.distribution or i.source])
-    print(_table(rows, ["name", "status", "device", "version", "priority", "threads", "memory", "distribution"]))
+    print(format_table(rows, ["name", "status", "device", "version", "priority", "threads", "memory",
+                              "distribution"]))
     notes = [(i.name, i.status, i.reason) for i in infos if i.reason]
     if notes:
         print()
@@ -109,7 +104,6 @@ def _ops_arg(text: str | None) -> list[str] | None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     import sapient_core
-    from .testing._table import format_table
     from .testing.conformance import TABLE_HEADER, run_conformance
     from .testing.tolerances import CASE_TOLERANCES, TOLERANCES
 

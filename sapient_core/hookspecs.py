@@ -25,7 +25,8 @@ from typing import Any
 
 import pluggy
 
-__all__ = ["HOOK_API_VERSION", "PROJECT", "hookspec", "hookimpl", "OPS", "OP_DEFAULTS", "META_HOOKS"]
+__all__ = ["HOOK_API_VERSION", "PROJECT", "hookspec", "hookimpl", "OPS", "OP_DEFAULTS", "META_HOOKS",
+           "ARRAY_ARGS", "NUMPY_RESULT_OPS"]
 
 #: The version of this hook API.  A plugin reports the version it was built for as
 #: ``backend_capabilities()["api_version"]``; a plugin built for another version is refused.
@@ -314,6 +315,13 @@ OPS: dict[str, tuple[str, ...]] = {
     "logits_from_hidden": ("hidden", "lm_head"),
     "all_logits_from_hidden": ("hidden", "lm_head"),
 }
+
+#: The op arguments that carry arrays (the others are scalars): what the dispatcher converts to NumPy
+#: when the CPU reference takes over, and what the conformance kit hands over in the backend's type.
+ARRAY_ARGS = frozenset({"x", "weight", "bias", "a", "b", "positions", "q", "k", "v", "hidden", "lm_head"})
+
+#: The ops whose result is a NumPy array whatever the backend (the others return the backend's type).
+NUMPY_RESULT_OPS = frozenset({"logits_from_hidden", "all_logits_from_hidden"})
 
 #: Defaults of the backend object's methods (hooks themselves never take defaults).
 OP_DEFAULTS: dict[str, dict[str, Any]] = {"gelu": {"approximate": "none"}}

@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..errors import BackendOpError
+from ..hookspecs import ARRAY_ARGS as _ARRAY_ARGS
+from ..hookspecs import NUMPY_RESULT_OPS as _NUMPY_RESULT_OPS
 from ..hookspecs import OPS
 from . import oracle
 from ._table import fmt_sci, format_table
@@ -45,8 +47,6 @@ FAIL = "fail"
 DECLINED = "declined"
 NOT_IMPLEMENTED = "not implemented"
 
-_ARRAY_ARGS = frozenset({"x", "weight", "bias", "a", "b", "positions", "q", "k", "v", "hidden", "lm_head"})
-_NUMPY_RESULT_OPS = frozenset({"logits_from_hidden", "all_logits_from_hidden"})
 #: The NMSE against the CPU reference may be up to this times the oracle tolerance.
 REFERENCE_FACTOR = 4.0
 

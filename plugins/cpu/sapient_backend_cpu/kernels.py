@@ -194,7 +194,7 @@ def erfc(x):
 
     Relative error, measured against ``math.erfc`` on a grid of 2e6 points over [-10, 10]: at most
     2.7 float32 epsilons (3.3e-7) for |x| <= 1 and 2.4 eps * (1 + x^2) everywhere (9.2e-6 at x = 9;
-    the growth is the float32 rounding of x^2 in exp(-x^2)); ``plugins/cpu/tests/test_erf.py`` checks
+    the growth is the float32 rounding of x^2 in exp(-x^2)); ``plugins/cpu/tests/test_cpu_erf.py`` checks
     these bounds.  Results below the float32 range (x > 9.2) are 0.
     """
     z = _f32(x)

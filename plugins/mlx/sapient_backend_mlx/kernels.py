@@ -16,9 +16,9 @@ Numerical choices (what the tests check against the float64 oracle):
   makes it as accurate as the CPU reference for one extra reduction;
 - ``silu`` is ``x * mx.sigmoid(x)`` (MLX's sigmoid never overflows); GELU "tanh" is
   ``x * sigmoid(2u)`` (the same function as ``0.5 x (1 + tanh u)``, without the cancellation in the
-  negative tail); GELU "none" uses ``erfc`` (Numerical Recipes' Chebyshev fit, as the CPU
-  reference): ``mx.erf`` exists, but ``0.5 x (1 + erf(x / sqrt 2))`` cancels to exactly 0 below
-  x = -5.5, while erfc keeps a relative error below 2e-5 out to x = -12;
+  negative tail); GELU "none" uses ``erfc`` (Numerical Recipes' Chebyshev fit; the CPU reference
+  uses a Mills-ratio fit of its own): ``mx.erf`` exists, but ``0.5 x (1 + erf(x / sqrt 2))`` cancels
+  to exactly 0 below x = -5.5, while erfc keeps a relative error below 2e-5 out to x = -12;
 - RoPE is ``mx.fast.rope(traditional=False)``, which is the rotate-half (NeoX / Hugging Face)
   convention with ``inv_freq_i = base ** (-2i / dims)`` over the first ``dims`` channels, the others
   copied: exactly ``apply_rope_partial`` with ``dims = rotary_dim``.  Contiguous positions
@@ -172,7 +172,7 @@ def silu(x):
 
 
 # erfc(a) for a >= 0 as t * exp(-a^2 + P(t)), t = 1 / (1 + a/2) (Numerical Recipes' erfcc, fractional
-# error < 1.2e-7 in exact arithmetic; the CPU reference uses the same fit in float64).
+# error < 1.2e-7 in exact arithmetic; evaluated in float32 here).
 _ERFC_COEFFS = (0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806,
                 0.09678418, 0.37409196, 1.00002368, -1.26551223)
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
