@@ -43,7 +43,7 @@ import time
 import numpy as np
 
 import sapient_core
-from sapient_core.testing._table import format_table
+from sapient_core.reporting import format_table
 from sapient_core.testing.bench import run_bench
 from sapient_core.testing.llama import Llama, LlamaConfig, random_weights
 
@@ -115,11 +115,11 @@ def decode_step(backend, config: LlamaConfig, weights: dict[str, np.ndarray], kv
         times.append(time.perf_counter() - t0)
         token = np.argmax(logits, axis=-1)[:, None]
     after = backend.stats()
-    fallbacks = sum(s["fallbacks"] for s in after["ops"].values())
+    fallbacks = sum(s.fallbacks + s.routed for s in after.ops.values())
     out = {"backend": backend.name, "device": backend.device, "first_s": first_s,
            "median_s": statistics.median(times), "min_s": min(times), "steps": steps,
            "fallbacks": fallbacks, "first_logits": first_logits}
-    p0, p1 = before.get("plugin"), after.get("plugin")
+    p0, p1 = before.plugin, after.plugin
     if p0 and p1 and "transfers" in p1:
         out["d2h_per_step"] = (p1["transfers"]["device_to_host"] - p0["transfers"]["device_to_host"]) / steps
         out["uploads_per_step"] = (p1["transfers"]["activation_uploads"]

@@ -4,35 +4,73 @@
 >>> backend = sapient_core.get_backend("auto", model_bytes=weights_nbytes)   # doctest: +SKIP
 >>> h = backend.rms_norm(x, w, 1e-6)                                          # doctest: +SKIP
 
-Importing this package is cheap: it imports no plugin, no accelerator library and not NumPy; the
-registry and the plugins load on the first call that needs them.
+Importing this package is cheap: it imports no plugin, no accelerator library, not NumPy, not pluggy
+and not pydantic; the names below are imported on first use, and the registry and the plugins load
+on the first call that needs them.
+
+Modules: :mod:`.hookspecs` (the contract with plugins: one declaration per op), :mod:`.discovery`
+(finding and loading plugins), :mod:`.resolution` (what a kind resolves to), :mod:`.backend` (the
+object ``get_backend`` returns), :mod:`.validate` (input checks), :mod:`.models` (the reports, as
+pydantic models), :mod:`.memory` (the fit rule), :mod:`.errors`, :mod:`.reporting` (text tables),
+:mod:`.cli` (``sapient-backends``), :mod:`.testing` (the conformance kit).
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
-from .errors import (BackendNotFoundError, BackendOpError, BackendUnavailableError, DTypeError,
-                     IncompatiblePluginError, OpDeclined, PluginLoadError, PluginValidationError,
-                     PluginWarning, SapientError, SapientWarning, ShapeError)
-from .hookspecs import HOOK_API_VERSION, hookimpl
+from ._version import HOOK_API_VERSION, SUPPORTED_API_VERSIONS, __version__
+from .errors import (ArgumentError, BackendNotFoundError, BackendOpError, BackendUnavailableError, DTypeError,
+                     IncompatiblePluginError, OpDeclined, PluginLoadError, PluginValidationError, PluginWarning,
+                     SapientError, SapientWarning, ShapeError)
 
 if TYPE_CHECKING:
     from .backend import Backend
-    from .registry import BackendInfo, Explanation, Registry
+    from .hookspecs import OPS, Arg, OpSpec, hookimpl
+    from .memory import FitDecision, FitPolicy
+    from .models import (BackendInfo, Candidate, Capabilities, CapabilityReport, Explanation, MemoryInfo, OpStats,
+                         Stats)
+    from .registry import Registry
 
 __all__ = [
-    "__version__", "HOOK_API_VERSION", "hookimpl",
+    "__version__", "HOOK_API_VERSION", "SUPPORTED_API_VERSIONS", "hookimpl",
     "get_backend", "list_backends", "explain", "register_backend", "unregister_backend", "refresh",
     "default_registry",
+    # types
+    "Backend", "Registry", "BackendInfo", "Candidate", "Explanation", "Capabilities", "CapabilityReport",
+    "MemoryInfo", "FitPolicy", "FitDecision", "Stats", "OpStats", "OpSpec", "Arg", "OPS",
+    # errors and warnings
     "SapientError", "BackendNotFoundError", "BackendUnavailableError", "PluginLoadError",
-    "PluginValidationError", "IncompatiblePluginError", "ShapeError", "DTypeError", "OpDeclined",
+    "PluginValidationError", "IncompatiblePluginError", "ShapeError", "DTypeError", "ArgumentError", "OpDeclined",
     "BackendOpError", "SapientWarning", "PluginWarning",
 ]
 
-_registry = None
+#: Where each lazily imported public name lives.
+_LAZY = {
+    "hookimpl": "hookspecs", "OPS": "hookspecs", "OpSpec": "hookspecs", "Arg": "hookspecs",
+    "Backend": "backend", "Registry": "registry",
+    "BackendInfo": "models", "Candidate": "models", "Explanation": "models", "Capabilities": "models",
+    "CapabilityReport": "models", "MemoryInfo": "models", "Stats": "models", "OpStats": "models",
+    "FitPolicy": "memory", "FitDecision": "memory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _LAZY.get(name)
+    if home is None:
+        raise AttributeError(f"module 'sapient_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+_registry: "Registry | None" = None
 _registry_lock = threading.Lock()
 
 

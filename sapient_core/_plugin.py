@@ -1,7 +1,8 @@
 """Loading one plugin and checking it against the hook specifications.
 
 Every check that can refuse a plugin lives here, and each refusal becomes a :class:`PluginLoadError`
-(or subclass) that the registry records beside the plugin; nothing here raises past the registry.
+(or subclass) that discovery records beside the plugin; nothing here raises past discovery.  The
+capability and memory reports are validated with the pydantic models of :mod:`sapient_core.models`.
 """
 
 from __future__ import annotations
@@ -15,51 +16,22 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
+from ._version import HOOK_API_VERSION, SUPPORTED_API_VERSIONS, __version__
 from .errors import IncompatiblePluginError, PluginLoadError, PluginValidationError
-from .memory import MemoryInfo, system_memory
+from .memory import system_memory
+from .models import (Capabilities, CapabilityReport, MemoryInfo, ValidationError,
+                     describe_validation_error)
 
-__all__ = ["Capabilities", "PluginRecord", "load_into", "ALL_HOOKS"]
+__all__ = ["PluginRecord", "load_into", "check_hooks", "check_capabilities", "ALL_HOOKS"]
 
-ALL_HOOKS: dict[str, tuple[str, ...]] = {**hookspecs.OPS, **hookspecs.META_HOOKS}
+ALL_HOOKS: dict[str, tuple[str, ...]] = {**{n: s.argnames for n, s in hookspecs.OPS.items()},
+                                         **hookspecs.META_HOOKS}
 _IMPL_ATTR = f"{hookspecs.PROJECT}_impl"
-
-
-@dataclasses.dataclass(frozen=True)
-class Capabilities:
-    """A plugin's capability report, checked and completed by the core.
-
-    :ivar name: the entry-point name (what ``get_backend`` takes).
-    :ivar version: the plugin's version.
-    :ivar api_version: the hook API version it was built for.
-    :ivar device: the device it runs on (``"cpu"``, ``"metal"``, ``"cuda"`` ...).
-    :ivar available: whether it can run here.
-    :ivar reason: why not, when unavailable.
-    :ivar priority: higher wins among available accelerator plugins.
-    :ivar thread_safe: False means the dispatcher serialises every call into it.
-    :ivar unavailable_devices: other devices it could drive elsewhere, with the reason it cannot here.
-    :ivar description: one line for listings.
-    :ivar distribution: the installed distribution it came from ("" for in-process plugins).
-    """
-
-    name: str
-    version: str
-    api_version: int
-    device: str
-    available: bool
-    reason: str
-    priority: int
-    thread_safe: bool
-    unavailable_devices: dict[str, str]
-    description: str
-    distribution: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(eq=False)
 class PluginRecord:
-    """Everything the registry knows about one plugin, loaded or not."""
+    """Everything discovery knows about one plugin, loaded or not."""
 
     name: str
     target: str                      # "module.path" of the entry point, or repr of the object
@@ -69,12 +41,13 @@ class PluginRecord:
     loader: Callable[[], Any] | None = None
     status: str = "pending"          # pending | ok | broken | disabled
     error: PluginLoadError | None = None
+    disabled_reason: str = ""
     module: Any = None
-    impls: dict[str, tuple[Callable, tuple[str, ...]]] = dataclasses.field(default_factory=dict)
+    impls: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = dataclasses.field(default_factory=dict)
     caps: Capabilities | None = None
     _memory: MemoryInfo | None = None
     lock: Any = dataclasses.field(default_factory=threading.RLock)
-    warned: set = dataclasses.field(default_factory=set)
+    warned: set[tuple[str, str]] = dataclasses.field(default_factory=set)
 
     @property
     def memory(self) -> MemoryInfo:
@@ -88,21 +61,22 @@ def _read_memory(rec: PluginRecord) -> MemoryInfo:
     hook = rec.impls.get("backend_memory")
     if hook is None:
         return system_memory()
+    where = f"{rec.name}.backend_memory()"
     try:
         report = hook[0]()
     except Exception as exc:  # a plugin's failure must not take the caller down
-        return MemoryInfo(None, f"{rec.name}.backend_memory()", f"backend_memory() raised {exc!r}")
-    if not isinstance(report, dict) or "total_bytes" not in report:
-        return MemoryInfo(None, f"{rec.name}.backend_memory()",
-                          f"backend_memory() returned {report!r}, not a dict with 'total_bytes'")
-    total = report.get("total_bytes")
-    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
-        return MemoryInfo(None, f"{rec.name}.backend_memory()",
-                          f"backend_memory() returned total_bytes={total!r}, not a non-negative int")
-    details = report.get("details") or {}
-    return MemoryInfo(total, str(report.get("source") or f"{rec.name}.backend_memory()"),
-                      str(report.get("reason") or ("" if total is not None else "not reported")),
-                      dict(details) if isinstance(details, dict) else {"details": details})
+        return MemoryInfo(total_bytes=None, source=where, reason=f"backend_memory() raised {exc!r}")
+    if not isinstance(report, dict):
+        return MemoryInfo(total_bytes=None, source=where,
+                          reason=f"backend_memory() returned {type(report).__name__} {report!r:.80}, not a dict")
+    try:
+        info = MemoryInfo.model_validate(report)
+    except ValidationError as exc:
+        return MemoryInfo(total_bytes=None, source=where,
+                          reason=f"the report was refused: {describe_validation_error(exc, 'backend_memory()')}")
+    if info.total_bytes is None and not info.reason:
+        info = info.model_copy(update={"reason": "not reported"})
+    return info
 
 
 def _hookimpls(plugin: Any) -> dict[str, Any]:
@@ -161,66 +135,44 @@ def check_hooks(name: str, plugin: Any) -> None:
                     plugin=name)
 
 
-def _string(name: str, report: dict, key: str, default: str | None = None) -> str:
-    value = report.get(key, default)
-    if not isinstance(value, str):
-        raise PluginValidationError(f"plugin {name!r}: backend_capabilities()[{key!r}] must be a str, got "
-                                    f"{value!r}", plugin=name)
-    return value
-
-
 def check_capabilities(rec: PluginRecord, report: Any) -> Capabilities:
+    """Validate a plugin's capability report (refusing it with the field, the value and what was
+    expected) and complete it with the plugin's name, version and distribution."""
     name = rec.name
     if not isinstance(report, dict):
         raise PluginValidationError(f"plugin {name!r}: backend_capabilities() returned "
                                     f"{type(report).__name__} {report!r:.80}, not a dict", plugin=name)
-    missing = [k for k in ("api_version", "device", "available", "thread_safe") if k not in report]
-    if missing:
-        raise PluginValidationError(f"plugin {name!r}: backend_capabilities() lacks the required key(s) "
-                                    f"{', '.join(missing)}", plugin=name)
-    api = report["api_version"]
-    if isinstance(api, bool) or not isinstance(api, int):
-        raise PluginValidationError(f"plugin {name!r}: api_version must be an int, got {api!r}", plugin=name)
-    if api != hookspecs.HOOK_API_VERSION:
-        from . import __version__
+    api = report.get("api_version")
+    if isinstance(api, int) and not isinstance(api, bool) and api not in SUPPORTED_API_VERSIONS:
         pkg = rec.distribution or name
-        remedy = (f"pip install --upgrade {pkg}" if api < hookspecs.HOOK_API_VERSION
-                  else "pip install --upgrade sapient-core")
+        supported = ", ".join(map(str, SUPPORTED_API_VERSIONS))
+        if api < min(SUPPORTED_API_VERSIONS):
+            remedy = f"pip install --upgrade {pkg} (a release built for hook API {HOOK_API_VERSION})"
+        else:
+            remedy = f"pip install --upgrade sapient-core (to a release that speaks hook API {api})"
         raise IncompatiblePluginError(
             f"plugin {name!r} ({pkg} {rec.dist_version or '?'}) was built for hook API version {api}, but "
-            f"sapient-core {__version__} speaks version {hookspecs.HOOK_API_VERSION}. To remedy this: "
-            f"{remedy}", plugin=name)
-    for key in ("available", "thread_safe"):
-        if not isinstance(report[key], bool):
-            raise PluginValidationError(f"plugin {name!r}: backend_capabilities()[{key!r}] must be a bool, "
-                                        f"got {report[key]!r}", plugin=name)
-    device = _string(name, report, "device")
-    if not device or device != device.lower():
-        raise PluginValidationError(f"plugin {name!r}: device must be a non-empty lowercase name, got "
-                                    f"{device!r}", plugin=name)
-    reason = _string(name, report, "reason", "")
-    if not report["available"] and not reason:
-        raise PluginValidationError(f"plugin {name!r}: reports available=False without a reason",
-                                    plugin=name)
-    priority = report.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise PluginValidationError(f"plugin {name!r}: priority must be an int, got {priority!r}", plugin=name)
-    others = report.get("unavailable_devices", {})
-    if not isinstance(others, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                               for k, v in others.items()):
-        raise PluginValidationError(f"plugin {name!r}: unavailable_devices must map device names to reasons, "
-                                    f"got {others!r}", plugin=name)
+            f"sapient-core {__version__} speaks version {HOOK_API_VERSION} (and accepts {supported}). To "
+            f"remedy this: {remedy}", plugin=name)
+    try:
+        checked = CapabilityReport.model_validate(report)
+    except ValidationError as exc:
+        text = describe_validation_error(exc, "backend_capabilities()")
+        if any(e.get("type") == "extra_forbidden" for e in exc.errors()):
+            text += f" (the known keys are {', '.join(CapabilityReport.model_fields)})"
+        raise PluginValidationError(f"plugin {name!r}: {text}. The report's schema: sapient-backends schema",
+                                    plugin=name) from None
     return Capabilities(
         name=name,
-        version=_string(name, report, "version", rec.dist_version or "0"),
-        api_version=api,
-        device=device,
-        available=report["available"],
-        reason="" if report["available"] else reason,
-        priority=priority,
-        thread_safe=report["thread_safe"],
-        unavailable_devices={k.lower(): v for k, v in others.items()},
-        description=_string(name, report, "description", ""),
+        version=checked.version if checked.version is not None else (rec.dist_version or "0"),
+        api_version=checked.api_version,
+        device=checked.device,
+        available=checked.available,
+        reason="" if checked.available else checked.reason,
+        priority=checked.priority,
+        thread_safe=checked.thread_safe,
+        unavailable_devices={k.lower(): v for k, v in checked.unavailable_devices.items()},
+        description=checked.description,
         distribution=rec.distribution,
     )
 

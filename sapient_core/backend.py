@@ -1,109 +1,100 @@
-"""The object ``get_backend`` returns: one plain method per op, bound at resolution time.
+"""The object ``get_backend`` returns: one typed method per op, and the fallback behind them.
 
-Each op method is generated once per backend (:func:`_build_op`): it validates the arguments (the
-same check on every backend, so bad input raises the same error everywhere and never becomes a
-fallback), counts the call, and calls the winning implementation directly (no pluggy hook call on the
-hot path).  If that implementation raises or declines, the CPU reference computes the result instead,
-one warning per (backend, op, reason) is logged on the ``sapient_core`` logger, and the fallback is
-counted; in strict mode a :class:`BackendOpError` is raised instead.  A backend that is not thread-safe
-has every call serialised by a lock shared by all its backend objects.
+The op methods themselves live in :mod:`sapient_core._ops` (generated from the declarations in
+:mod:`sapient_core.hookspecs`; see :mod:`sapient_core._codegen` for what each does).  This module
+builds, for each op, the :class:`_Route` those methods read: the winning implementation, whether it
+is trusted (the CPU reference: no lock, no fallback, no result check), the plugin's lock, and the
+slow paths: the fallback to the CPU reference when the plugin raises, declines or returns a wrong
+result (one warning per (plugin, op, reason) on the ``sapient_core`` logger, counted in
+:meth:`Backend.stats`; in strict mode a :class:`BackendOpError` instead), and the routing of calls
+that set an argument the plugin's implementation does not take.
+
+Bad input raises the same error on every backend (the core validates before any plugin code runs)
+and is never turned into a fallback.  A backend that is not thread-safe has every call into the
+plugin, conversions included, serialised by one lock shared by all its backend objects.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
+import operator
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
-from . import hookspecs
-from ._plugin import Capabilities, PluginRecord
+from ._ops import OpMethods
 from .errors import BackendOpError, OpDeclined
-from .memory import MemoryInfo
-from .validate import CHECKS
+from .hookspecs import OPS, OpSpec
+from .validate import float_dtype_name
+
+if TYPE_CHECKING:
+    from ._plugin import PluginRecord
+    from .models import Capabilities, Explanation, MemoryInfo, Stats
 
 __all__ = ["Backend"]
 
 logger = logging.getLogger("sapient_core")
 
-_ARRAY_ARGS = hookspecs.ARRAY_ARGS
-_NUMPY_RESULT_OPS = hookspecs.NUMPY_RESULT_OPS
-_ROPE_OPS = frozenset({"apply_rope_positions", "apply_rope_partial"})
 _ndarray = np.ndarray
 _WARNED_LOCK = threading.Lock()
+_FALLBACK_NOTE = "the CPU reference computes it instead (logged once per backend, op and reason; see Backend.stats())"
 
 
-def _count(counter: "itertools.count") -> int:
-    """Read an ``itertools.count`` without advancing it (``next`` on it is atomic under the GIL).
+class _Route:
+    """What the op method of one op of one backend calls (read on every call: keep it flat)."""
 
-    Its repr is ``count(N)``; ``__reduce__`` would also tell, but pickling itertools objects is
-    deprecated since Python 3.12 and gone in 3.14."""
-    return int(repr(counter)[6:-1])
+    __slots__ = ("op", "calls", "trusted", "impl", "lock", "divert", "array_type", "to_numpy", "failed",
+                 "bad_result")
+
+    def __init__(self, op: str, impl: Callable[..., Any], *, trusted: bool, lock: Any = None):
+        self.op = op
+        self.calls = 0
+        self.trusted = trusted
+        self.impl = impl
+        self.lock = lock
+        self.divert: Callable[[tuple], Any] | None = None
+        self.array_type: type = _ndarray
+        self.to_numpy: Callable[[Any], Any] = np.asarray
+        self.failed: Callable[[BaseException, tuple], Any] | None = None
+        self.bad_result: Callable[[Any, tuple], Any] | None = None
 
 
-def _adapter(fn: Callable, spec_args: tuple[str, ...], impl_args: tuple[str, ...]) -> Callable:
+def _adapt(fn: Callable[..., Any], spec_args: tuple[str, ...], impl_args: tuple[str, ...]) -> Callable[..., Any]:
     """Call ``fn`` (which takes ``impl_args``, a subset of the spec's) with the spec's positional args."""
     if impl_args == spec_args:
         return fn
-    src = f"def adapted({', '.join(spec_args)}):\n    return fn({', '.join(impl_args)})\n"
-    ns: dict[str, Any] = {"fn": fn}
-    exec(src, ns)  # noqa: S102 - generated from the fixed argument names in hookspecs.OPS
-    return ns["adapted"]
+    n = len(impl_args)
+    if impl_args == spec_args[:n]:
+        return lambda *args: fn(*args[:n])
+    pick = operator.itemgetter(*(spec_args.index(a) for a in impl_args)) if impl_args else None
+    if n == 1:
+        return lambda *args: fn(pick(args))              # type: ignore[misc]
+    return lambda *args: fn(*pick(args)) if pick else fn()  # type: ignore[misc]
 
 
-def _build_op(op: str, *, check: Callable, impl: Callable, calls: Any, lock: Any,
-              fallback: Callable | None, to_numpy: Callable) -> Callable:
-    """Generate the op method: ``check(args); count; [lock] impl(args) [except -> fallback]``."""
-    args = hookspecs.OPS[op]
-    defaults = hookspecs.OP_DEFAULTS.get(op, {})
-    params = ", ".join(f"{a}={defaults[a]!r}" if a in defaults else a for a in args)
-    call = ", ".join(args)
-    lines = [f"def {op}({params}):"]
-    lines.append(f"    positions = check({call})" if op in _ROPE_OPS else f"    check({call})")
-    lines.append("    next(calls)")
-    indent = "    "
-    if lock is not None:
-        lines.append("    with lock:")
-        indent = "        "
-    body = f"impl({call})"
-    if fallback is not None:
-        lines.append(f"{indent}try:")
-        lines.append(f"{indent}    r = {body}")
-        lines.append(f"{indent}except Exception as exc:")
-        lines.append(f"{indent}    return fallback(exc, ({call},))")
-    else:
-        lines.append(f"{indent}r = {body}")
-    if op in _NUMPY_RESULT_OPS:
-        lines.append(f"{indent}if r.__class__ is not ndarray:")
-        lines.append(f"{indent}    r = to_numpy(r)")
-    lines.append(f"{indent}return r")
-    ns: dict[str, Any] = {"check": check, "impl": impl, "calls": calls, "lock": lock,
-                          "fallback": fallback, "to_numpy": to_numpy, "ndarray": _ndarray}
-    exec("\n".join(lines) + "\n", ns)  # noqa: S102 - generated from the fixed names in hookspecs.OPS
-    fn = ns[op]
-    fn.__doc__ = getattr(getattr(hookspecs, op), "__doc__", None)
-    fn.__qualname__ = f"Backend.{op}"
-    return fn
+def _result_shape(spec: OpSpec) -> Callable[..., tuple]:
+    """``spec.result_shape`` as a function of the op's arguments (for the slow path's messages)."""
+    from . import _ops
+    return getattr(_ops, f"_shape_{spec.name}")
 
 
-class Backend:
+class Backend(OpMethods):
     """A resolved backend: call its ops as methods, e.g. ``backend.rms_norm(x, w, 1e-6)``.
 
     :ivar name: the plugin's name (``"cpu"``, ``"mlx"`` ...).
     :ivar device: the device it runs on.
-    :ivar capabilities: the plugin's :class:`Capabilities` report.
-    :ivar memory: the device memory it reported (:class:`MemoryInfo`).
+    :ivar capabilities: the plugin's :class:`sapient_core.Capabilities` report.
     :ivar thread_safe: whether calls may run concurrently (if False, the dispatcher serialises them).
     :ivar strict: whether a failing op raises :class:`BackendOpError` instead of falling back.
     :ivar implemented_ops: the ops this plugin implements itself; the others are served by the CPU
         reference.
-    :ivar explanation: how this backend was chosen (an :class:`Explanation`), when known.
+    :ivar explanation: how this backend object was chosen (the :class:`sapient_core.Explanation` of
+        the resolution that created it; later lookups that return the same object do not change it).
     """
 
-    def __init__(self, record: PluginRecord, reference: PluginRecord, *, strict: bool = False,
-                 explanation: Any = None):
+    def __init__(self, record: "PluginRecord", reference: "PluginRecord", *, strict: bool = False,
+                 explanation: "Explanation | None" = None):
         caps = record.caps
         assert caps is not None and reference.caps is not None
         self._record = record
@@ -115,31 +106,37 @@ class Backend:
         self.explanation = explanation
         self._lock = None if caps.thread_safe else record.lock
         hook = record.impls.get("backend_to_numpy")
-        self._to_numpy_hook = hook[0] if hook else np.asarray
+        self._to_numpy_hook: Callable[[Any], Any] = hook[0] if hook else np.asarray
         hook = record.impls.get("backend_from_numpy")
-        self._from_numpy_hook = hook[0] if hook else None
-        self._calls: dict[str, Any] = {}
-        self._calls_base: dict[str, int] = dict.fromkeys(hookspecs.OPS, 0)
+        self._from_numpy_hook: Callable[[Any], Any] | None = hook[0] if hook else None
+        self._converts = self._from_numpy_hook is not None or self._to_numpy_hook is not np.asarray
+        self._own_type: type | None = None if self._from_numpy_hook is not None else _ndarray
+        self._stats_lock = threading.Lock()
         self._fallbacks: dict[str, dict[str, int]] = {}
-        self._fallback_lock = threading.Lock()
-        self.implemented_ops: tuple[str, ...] = tuple(op for op in hookspecs.OPS if op in record.impls)
-        is_reference = record is reference
-        for op, spec_args in hookspecs.OPS.items():
-            calls = self._calls[op] = itertools.count()
-            ref_fn, ref_args = reference.impls[op]
-            ref_impl = _adapter(ref_fn, spec_args, ref_args)
-            if op in record.impls:
-                fn, impl_args = record.impls[op]
-                impl = _adapter(fn, spec_args, impl_args)
-                fallback = None if is_reference else self._make_fallback(op, ref_impl)
-                lock = self._lock
-            else:  # not implemented: the reference serves it, on NumPy copies of the inputs
-                impl = self._make_served_by_reference(op, ref_impl)
-                fallback = None
-                converts = self._from_numpy_hook is not None or self._to_numpy_hook is not np.asarray
-                lock = self._lock if converts else None
-            setattr(self, op, _build_op(op, check=CHECKS[op], impl=impl, calls=calls, lock=lock,
-                                        fallback=fallback, to_numpy=self._to_numpy_unlocked))
+        self._routed: dict[str, dict[str, int]] = {}
+        self.implemented_ops: tuple[str, ...] = tuple(op for op in OPS if op in record.impls)
+        self._routes: dict[str, _Route] = {}
+        for spec in OPS.values():
+            route = self._build_route(spec, record, reference)
+            self._routes[spec.name] = route
+            setattr(self, f"_r_{spec.name}", route)
+
+    def _build_route(self, spec: OpSpec, record: "PluginRecord", reference: "PluginRecord") -> _Route:
+        ref_fn, ref_args = reference.impls[spec.name]
+        ref_impl = _adapt(ref_fn, spec.argnames, ref_args)
+        if record is reference:
+            return _Route(spec.name, ref_impl, trusted=True)
+        if spec.name not in record.impls:      # not implemented: the reference serves it
+            return _Route(spec.name, self._served_by_reference(spec, ref_impl), trusted=True)
+        fn, impl_args = record.impls[spec.name]
+        route = _Route(spec.name, _adapt(fn, spec.argnames, impl_args), trusted=False, lock=self._lock)
+        route.to_numpy = self._to_numpy_unlocked
+        route.failed = lambda exc, args: self._fallback(spec, ref_impl, args, exc)
+        route.bad_result = lambda y, args: self._check_result(spec, route, ref_impl, y, args)
+        lacking = [a for a in spec.args if a.has_default and a.name not in impl_args]
+        if lacking:
+            route.divert = self._router(spec, route, ref_impl, lacking, tuple(impl_args))
+        return route
 
     # --- data ---------------------------------------------------------------------------------------
 
@@ -148,117 +145,185 @@ class Backend:
             return x
         return np.asarray(self._to_numpy_hook(x))
 
+    def _locked(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._lock is None:
+            return fn(*args)
+        with self._lock:
+            return fn(*args)
+
     def to_numpy(self, x: Any) -> np.ndarray:
         """Return a result of this backend (or any array) as a NumPy array."""
         if x.__class__ is _ndarray:
-            return x
-        if self._lock is None:
-            return self._to_numpy_unlocked(x)
-        with self._lock:
-            return self._to_numpy_unlocked(x)
+            return x  # type: ignore[no-any-return]
+        return self._locked(self._to_numpy_unlocked, x)  # type: ignore[no-any-return]
 
     def from_numpy(self, x: Any) -> Any:
         """Return the NumPy array ``x`` in this backend's own array type (unchanged when it has none)."""
         if self._from_numpy_hook is None:
             return x
-        if self._lock is None:
-            return self._from_numpy_hook(x)
-        with self._lock:
-            return self._from_numpy_hook(x)
+        return self._locked(self._from_numpy_hook, x)
 
-    def concatenate(self, arrays: Any, axis: int = 0) -> Any:
+    def concatenate(self, arrays: Iterable[Any], axis: int = 0) -> Any:
         """Concatenate along ``axis`` in this backend's array type (on the device where it can)."""
         arrays = list(arrays)
         hook = self._record.impls.get("backend_concatenate")
         if hook is None:
             return self.from_numpy(np.concatenate([self.to_numpy(a) for a in arrays], axis))
-        if self._lock is None:
-            return hook[0](arrays, axis)
-        with self._lock:
-            return hook[0](arrays, axis)
+        return self._locked(hook[0], arrays, axis)
 
-    # --- fallback -----------------------------------------------------------------------------------
+    # --- the reference, for a call the plugin does not compute ---------------------------------------
 
-    def _numpy_args(self, op: str, args: tuple) -> tuple:
-        return tuple(self._to_numpy_unlocked(a) if name in _ARRAY_ARGS else a
-                     for name, a in zip(hookspecs.OPS[op], args))
+    def _numpy_args(self, spec: OpSpec, args: tuple) -> tuple:
+        """The call's array arguments as NumPy (scalars unchanged), for the CPU reference."""
+        return tuple(self._to_numpy_unlocked(a) if arg.is_array else a for arg, a in zip(spec.args, args))
 
-    def _wrap_result(self, op: str, result: Any) -> Any:
-        if op in _NUMPY_RESULT_OPS or self._from_numpy_hook is None:
+    def _reference_call(self, spec: OpSpec, ref_impl: Callable[..., Any], args: tuple) -> Any:
+        if not self._converts:
+            return ref_impl(*args)
+        result = ref_impl(*self._locked(self._numpy_args, spec, args))
+        if spec.numpy_result or self._from_numpy_hook is None:
             return result
-        return self._from_numpy_hook(result)
+        return self._locked(self._from_numpy_hook, result)
 
-    def _make_served_by_reference(self, op: str, ref_impl: Callable) -> Callable:
-        if self._from_numpy_hook is None and self._to_numpy_hook is np.asarray:
+    def _served_by_reference(self, spec: OpSpec, ref_impl: Callable[..., Any]) -> Callable[..., Any]:
+        if not self._converts:
             return ref_impl
+        return lambda *args: self._reference_call(spec, ref_impl, args)
 
-        def served(*args: Any) -> Any:
-            return self._wrap_result(op, ref_impl(*self._numpy_args(op, args)))
-        return served
+    # --- the slow paths -----------------------------------------------------------------------------
 
-    def _make_fallback(self, op: str, ref_impl: Callable) -> Callable:
-        record = self._record
+    def _count(self, table: dict[str, dict[str, int]], op: str, reason: str) -> None:
+        with self._stats_lock:
+            per_op = table.setdefault(op, {})
+            per_op[reason] = per_op.get(reason, 0) + 1
 
-        def fallback(exc: Exception, args: tuple) -> Any:
-            declined = isinstance(exc, OpDeclined)
-            reason = exc.reason if declined else f"{type(exc).__name__}: {exc}"
-            if self.strict:
-                what = "declined the input" if declined else "failed"
-                raise BackendOpError(
-                    f"{self.name}.{op} {what} ({reason}) and strict mode is on, so the CPU reference was "
-                    f"not used. To allow the fallback: unset SAPIENT_STRICT or pass strict=False",
-                    backend=self.name, op=op, reason=reason, declined=declined) from exc
-            with self._fallback_lock:
-                per_op = self._fallbacks.setdefault(op, {})
-                per_op[reason] = per_op.get(reason, 0) + 1
-            with _WARNED_LOCK:  # shared by every Backend object of the plugin: one warning per plugin
-                first = (op, reason) not in record.warned
-                record.warned.add((op, reason))
-            if first:
-                logger.warning("%s.%s %s (%s); the CPU reference computes it instead (logged once per "
-                               "backend, op and reason; see Backend.stats())", self.name, op,
-                               "declined the input" if declined else "failed", reason)
-            return self._wrap_result(op, ref_impl(*self._numpy_args(op, args)))
-        return fallback
+    def _log_once(self, op: str, reason: str, message: str, *args: Any) -> None:
+        with _WARNED_LOCK:  # shared by every Backend object of the plugin: one warning per plugin
+            first = (op, reason) not in self._record.warned
+            self._record.warned.add((op, reason))
+        if first:
+            logger.warning(message, *args)
+
+    def _fallback(self, spec: OpSpec, ref_impl: Callable[..., Any], args: tuple, exc: BaseException | None,
+                  reason: str | None = None) -> Any:
+        """The plugin failed this call (``exc``, or a wrong result described by ``reason``)."""
+        declined = isinstance(exc, OpDeclined)
+        if reason is None:
+            reason = exc.reason if isinstance(exc, OpDeclined) else f"{type(exc).__name__}: {exc}"
+        what = "declined the input" if declined else "failed"
+        if self.strict:
+            raise BackendOpError(
+                f"{self.name}.{spec.name} {what} ({reason}) and strict mode is on, so the CPU reference was "
+                f"not used. To allow the fallback: unset SAPIENT_STRICT or pass strict=False",
+                backend=self.name, op=spec.name, reason=reason, declined=declined) from exc
+        self._count(self._fallbacks, spec.name, reason)
+        self._log_once(spec.name, reason, "%s.%s %s (%s); %s", self.name, spec.name, what, reason, _FALLBACK_NOTE)
+        return self._reference_call(spec, ref_impl, args)
+
+    def _own_array_type(self) -> type:
+        if self._own_type is None:
+            try:
+                own = type(self._locked(self._from_numpy_hook, np.zeros((0,), np.float32)))
+            except Exception:  # noqa: BLE001 - a broken from_numpy: only NumPy results are accepted
+                own = _ndarray
+            self._own_type = own
+            for route in self._routes.values():
+                route.array_type = own
+        return self._own_type
+
+    def _result_problem(self, spec: OpSpec, y: Any, args: tuple) -> str | None:
+        """What is wrong with the plugin's result ``y`` (None when it is right after all)."""
+        if spec.numpy_result:
+            if not isinstance(y, _ndarray):
+                return f"returned {type(y).__name__}, not a NumPy array"
+        elif not isinstance(y, (_ndarray, self._own_array_type())):
+            own = self._own_array_type()
+            allowed = "a NumPy array" + ("" if own is _ndarray else f" or {own.__module__}.{own.__qualname__}")
+            return f"returned {type(y).__name__}, not {allowed}"
+        try:
+            dtype, shape = y.dtype, tuple(y.shape)
+        except Exception as exc:  # noqa: BLE001 - an array-like without dtype/shape is a wrong result
+            return f"returned a {type(y).__name__} without a readable dtype and shape ({exc})"
+        if float_dtype_name(dtype) != "float32":
+            return f"returned dtype {dtype}, not float32"
+        expected = tuple(_result_shape(spec)(*args))
+        if shape != expected:
+            return f"returned shape {shape}, expected {expected}"
+        return None
+
+    def _check_result(self, spec: OpSpec, route: _Route, ref_impl: Callable[..., Any], y: Any, args: tuple) -> Any:
+        problem = self._result_problem(spec, y, args)
+        if problem is None:
+            return y
+        return self._fallback(spec, ref_impl, args, None, reason=f"wrong result: {problem}")
+
+    def _router(self, spec: OpSpec, route: _Route, ref_impl: Callable[..., Any], lacking: list,
+                impl_args: tuple[str, ...]) -> Callable[[tuple], Any]:
+        """Calls that set an argument the implementation does not take go to the reference, counted."""
+        index = [(spec.argnames.index(a.name), a) for a in lacking]
+
+        def divert(args: tuple) -> Any:
+            for i, arg in index:
+                if args[i] is not arg.default and args[i] != arg.default:
+                    reason = (f"{self.name}'s {spec.name}{impl_args} does not take {arg.name!r} (added in hook API "
+                              f"{arg.since}), which this call sets")
+                    self._count(self._routed, spec.name, reason)
+                    self._log_once(spec.name, reason, "%s; the CPU reference computes such calls (logged once; "
+                                   "see Backend.stats())", reason)
+                    return self._reference_call(spec, ref_impl, args)
+            return self._plugin_call(spec, route, args)
+        return divert
+
+    def _plugin_call(self, spec: OpSpec, route: _Route, args: tuple) -> Any:
+        """The op method's normal path, for calls that went through ``divert`` (same checks)."""
+        try:
+            if route.lock is None:
+                y = route.impl(*args)
+                if spec.numpy_result and y.__class__ is not _ndarray:
+                    y = self._to_numpy_unlocked(y)
+            else:
+                with route.lock:
+                    y = route.impl(*args)
+                    if spec.numpy_result and y.__class__ is not _ndarray:
+                        y = self._to_numpy_unlocked(y)
+        except Exception as exc:
+            return route.failed(exc, args)  # type: ignore[misc]
+        return route.bad_result(y, args)  # type: ignore[misc]
 
     # --- reporting ----------------------------------------------------------------------------------
 
     @property
-    def memory(self) -> MemoryInfo:
+    def memory(self) -> "MemoryInfo":
+        """The device memory the plugin reported (:class:`sapient_core.MemoryInfo`)."""
         return self._record.memory
 
-    def stats(self) -> dict[str, Any]:
-        """Calls and fallbacks per op, who serves each op, and the plugin's own statistics."""
+    def stats(self) -> "Stats":
+        """Calls, fallbacks and routed calls per op, who serves each op, and the plugin's own statistics."""
+        from .models import OpStats, Stats
         ops = {}
-        with self._fallback_lock:
-            for op in hookspecs.OPS:
-                reasons = dict(self._fallbacks.get(op, {}))
-                ops[op] = {
-                    "calls": _count(self._calls[op]) - self._calls_base[op],
-                    "fallbacks": sum(reasons.values()),
-                    "fallback_reasons": reasons,
-                    "implemented_by": self.name if op in self.implemented_ops else "cpu",
-                }
-        out: dict[str, Any] = {"backend": self.name, "device": self.device, "strict": self.strict,
-                               "ops": ops}
+        with self._stats_lock:
+            for op, route in self._routes.items():
+                fallbacks = dict(self._fallbacks.get(op, {}))
+                routed = dict(self._routed.get(op, {}))
+                ops[op] = OpStats(calls=route.calls, fallbacks=sum(fallbacks.values()), fallback_reasons=fallbacks,
+                                  routed=sum(routed.values()), routed_reasons=routed,
+                                  implemented_by=self.name if op in self.implemented_ops else "cpu")
+        plugin = None
         hook = self._record.impls.get("backend_stats")
         if hook is not None:
             try:
-                if self._lock is None:
-                    out["plugin"] = hook[0]()
-                else:
-                    with self._lock:
-                        out["plugin"] = hook[0]()
+                plugin = self._locked(hook[0])
             except Exception as exc:  # noqa: BLE001 - stats must never break the caller
-                out["plugin"] = {"error": f"backend_stats() raised {type(exc).__name__}: {exc}"}
-        return out
+                plugin = {"error": f"backend_stats() raised {type(exc).__name__}: {exc}"}
+        return Stats(backend=self.name, device=self.device, strict=self.strict, ops=ops, plugin=plugin)
 
     def reset_stats(self) -> None:
         """Set every call and fallback counter back to zero (warnings already logged stay logged)."""
-        with self._fallback_lock:
-            for op in hookspecs.OPS:
-                self._calls_base[op] = _count(self._calls[op])
+        with self._stats_lock:
+            for route in self._routes.values():
+                route.calls = 0
             self._fallbacks.clear()
+            self._routed.clear()
 
     def __repr__(self) -> str:
         return (f"<sapient_core.Backend {self.name!r} device={self.device!r} "

@@ -4,6 +4,7 @@
     sapient-backends explain KIND [--model-bytes N] [--json]
     sapient-backends check [NAME ...] [--size small|llm] [--ops OPS] [--failures-only] [--json]
     sapient-backends bench [NAME ...] [--sizes decode,prefill|...] [--ops OPS] [--min-time S] [--json]
+    sapient-backends schema [capabilities|memory]
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import sys
 from typing import Any, Sequence
 
-from .testing._table import format_table
+from .reporting import format_table
 
 __all__ = ["main", "build_parser"]
 
@@ -26,7 +27,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     import sapient_core
     infos = sapient_core.list_backends()
     if args.json:
-        print(json.dumps([i.as_dict() for i in infos], indent=2, default=str))
+        print(json.dumps([i.model_dump(mode="json") for i in infos], indent=2))
         return 0
     rows = []
     for i in infos:
@@ -64,7 +65,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import sapient_core
     exp = sapient_core.explain(args.kind, model_bytes=args.model_bytes)
     if args.json:
-        print(json.dumps(exp.as_dict(), indent=2, default=str))
+        print(json.dumps(exp.model_dump(mode="json"), indent=2))
     else:
         print(exp)
     return 0 if exp.chosen else 1
@@ -170,6 +171,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .models import CapabilityReport, MemoryInfo
+    model = {"capabilities": CapabilityReport, "memory": MemoryInfo}[args.report]
+    print(json.dumps(model.model_json_schema(), indent=2))
+    return 0
+
+
 def _sizes_arg(text: str) -> Any:
     from .testing.bench import parse_sizes
     try:
@@ -218,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to repeat each measurement for (default 0.05)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("schema", help="the JSON schema of a plugin's capability (or memory) report",
+                       description="Print the JSON schema that backend_capabilities() (or backend_memory()) "
+                                   "reports are validated against, for plugin authors.")
+    p.add_argument("report", nargs="?", choices=("capabilities", "memory"), default="capabilities")
+    p.set_defaults(func=cmd_schema)
     return parser
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "IncompatiblePluginError",
     "ShapeError",
     "DTypeError",
+    "ArgumentError",
     "OpDeclined",
     "BackendOpError",
     "SapientWarning",
@@ -97,6 +98,25 @@ class DTypeError(SapientError, TypeError):
         self.shapes = dict(shapes or {})
 
 
+class ArgumentError(SapientError, ValueError):
+    """An op was called with a scalar argument whose value it does not accept (``eps < 0``, a window
+    of 0, a softcap that is not positive, a non-finite scale, an id outside the vocabulary ...).
+
+    :ivar op: the op's name.
+    :ivar arg: the argument's name.
+    :ivar value: the value that was refused.
+    :ivar shapes: ``{argument name: shape}`` of the array arguments involved (often empty).
+    """
+
+    def __init__(self, message: str, *, op: str | None = None, arg: str | None = None, value: object = None,
+                 shapes: dict | None = None):
+        super().__init__(message)
+        self.op = op
+        self.arg = arg
+        self.value = value
+        self.shapes = dict(shapes or {})
+
+
 class OpDeclined(SapientError):
     """Raised by a plugin's op implementation to decline an input it does not handle.
 
@@ -134,3 +154,23 @@ class SapientWarning(UserWarning):
 
 class PluginWarning(SapientWarning):
     """Something a person can fix was skipped: a broken plugin, a duplicate entry-point name."""
+
+
+def warn(message: str, category: type[Warning] = PluginWarning) -> None:
+    """Issue ``message`` as a warning attributed to the first caller outside sapient_core.
+
+    A fixed ``stacklevel`` would point into the library (``registry.py``) whenever the call chain is
+    deeper than expected; walking the stack to the first frame outside the package points at the
+    user's line (``get_backend(...)``, ``list_backends()``), which is what ``warnings`` shows.
+    """
+    import os
+    import sys
+    import warnings
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    level, frame = 2, sys._getframe(1)          # stacklevel=2 is warn()'s caller
+    while frame is not None and (frame.f_code.co_filename.startswith(package)
+                                 or frame.f_code.co_filename.startswith("<frozen importlib")):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

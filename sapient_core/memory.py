@@ -14,33 +14,15 @@ import dataclasses
 import math
 import platform
 import subprocess
-from typing import Any
+
+from .models import MemoryInfo
+from .reporting import GiB
+from .reporting import fmt_bytes as _fmt
 
 __all__ = ["GiB", "FitPolicy", "FitDecision", "MemoryInfo", "system_memory", "DEFAULT_POLICY",
            "set_default_policy", "MEMINFO_PATH"]
-
-GiB = 1024 ** 3
 #: Where Linux reports the machine's RAM (a module attribute so that tests can point it elsewhere).
 MEMINFO_PATH = "/proc/meminfo"
-
-
-@dataclasses.dataclass(frozen=True)
-class MemoryInfo:
-    """The memory a plugin can use, as it reported it.
-
-    :ivar total_bytes: the figure the fit decision uses, or None when unknown.
-    :ivar source: where the figure came from.
-    :ivar reason: why it is unknown (empty when known).
-    :ivar details: other figures the plugin reported.
-    """
-
-    total_bytes: int | None
-    source: str
-    reason: str = ""
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,16 +91,6 @@ def set_default_policy(policy: FitPolicy) -> FitPolicy:
     return previous
 
 
-def _fmt(n: int) -> str:
-    sign = "-" if n < 0 else ""
-    n = abs(n)
-    if n >= GiB:
-        return f"{sign}{n / GiB:.2f} GiB"
-    if n >= 1024 ** 2:
-        return f"{sign}{n / 1024 ** 2:.1f} MiB"
-    return f"{sign}{n} B"
-
-
 def system_memory() -> MemoryInfo:
     """The machine's RAM: ``/proc/meminfo`` on Linux, ``sysctl hw.memsize`` on macOS."""
     system = platform.system()
@@ -126,7 +98,7 @@ def system_memory() -> MemoryInfo:
         return _meminfo(MEMINFO_PATH)
     if system == "Darwin":
         return _sysctl_memsize()
-    return MemoryInfo(None, "system RAM", f"reading RAM is not supported on {system!r}")
+    return MemoryInfo(total_bytes=None, source="system RAM", reason=f"reading RAM is not supported on {system!r}")
 
 
 def _meminfo(path: str) -> MemoryInfo:
@@ -137,16 +109,16 @@ def _meminfo(path: str) -> MemoryInfo:
                     parts = line.split()
                     unit = parts[2].lower() if len(parts) > 2 else "kb"
                     scale = {"kb": 1024, "mb": 1024 ** 2, "gb": GiB}.get(unit, 1)
-                    return MemoryInfo(int(parts[1]) * scale, f"{path} MemTotal")
+                    return MemoryInfo(total_bytes=int(parts[1]) * scale, source=f"{path} MemTotal")
     except (OSError, ValueError, IndexError) as exc:
-        return MemoryInfo(None, f"{path} MemTotal", f"could not read {path}: {exc}")
-    return MemoryInfo(None, f"{path} MemTotal", f"{path} has no MemTotal line")
+        return MemoryInfo(total_bytes=None, source=f"{path} MemTotal", reason=f"could not read {path}: {exc}")
+    return MemoryInfo(total_bytes=None, source=f"{path} MemTotal", reason=f"{path} has no MemTotal line")
 
 
 def _sysctl_memsize() -> MemoryInfo:
     try:
         out = subprocess.run(["sysctl", "-n", "hw.memsize"], capture_output=True, text=True,
                              timeout=5, check=True).stdout
-        return MemoryInfo(int(out.strip()), "sysctl hw.memsize")
+        return MemoryInfo(total_bytes=int(out.strip()), source="sysctl hw.memsize")
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        return MemoryInfo(None, "sysctl hw.memsize", f"sysctl hw.memsize failed: {exc}")
+        return MemoryInfo(total_bytes=None, source="sysctl hw.memsize", reason=f"sysctl hw.memsize failed: {exc}")

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DTypeError, ShapeError
+from .errors import ArgumentError, DTypeError, ShapeError
+from .hookspecs import OPS
 
-__all__ = ["float_dtype_name", "CHECKS"]
+__all__ = ["float_dtype_name", "broadcast_shape", "CHECKS"]
 
 _FLOAT_NAMES = ("float32", "float16", "bfloat16")
 _F32 = np.dtype(np.float32)
@@ -106,11 +107,11 @@ def _real(op: str, name: str, value: Any, *, positive: bool = False, nonneg: boo
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise DTypeError(f"{op}: {name} must be a real number, got {type(value).__name__} {value!r}", op=op)
     if value != value:
-        raise ShapeError(f"{op}: {name} must not be NaN", op=op)
+        raise ArgumentError(f"{op}: {name} must not be NaN", op=op, arg=name, value=value)
     if positive and not value > 0:
-        raise ShapeError(f"{op}: {name} must be > 0, got {value!r}", op=op)
+        raise ArgumentError(f"{op}: {name} must be > 0, got {value!r}", op=op, arg=name, value=value)
     if nonneg and not value >= 0:
-        raise ShapeError(f"{op}: {name} must be >= 0, got {value!r}", op=op)
+        raise ArgumentError(f"{op}: {name} must be >= 0, got {value!r}", op=op, arg=name, value=value)
 
 
 # --- linear ------------------------------------------------------------------------------------------
@@ -235,8 +236,8 @@ def check_gelu(x: Any, approximate: Any) -> None:
         pass
     _float("gelu", "x", x, {"x": x})
     if not isinstance(approximate, str) or approximate not in ("none", "tanh"):
-        raise ShapeError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}", op="gelu",
-                         shapes=_shapes(x=x))
+        raise ArgumentError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}", op="gelu",
+                            arg="approximate", value=approximate, shapes=_shapes(x=x))
 
 
 def _broadcastable(sa: Any, sb: Any) -> bool:
@@ -250,6 +251,21 @@ def _broadcastable(sa: Any, sb: Any) -> bool:
         if x != y and x != 1 and y != 1:
             return False
     return True
+
+
+def broadcast_shape(sa: Any, sb: Any) -> tuple:
+    """The shape NumPy broadcasting gives two shapes that broadcast (checked before this is called)."""
+    if sa == sb:
+        return tuple(sa)
+    na, nb = len(sa), len(sb)
+    if nb <= na and sa[na - nb:] == sb:
+        return tuple(sa)
+    if na < nb and sb[nb - na:] == sa:
+        return tuple(sb)
+    n = max(na, nb)
+    a = (1,) * (n - na) + tuple(sa)
+    b = (1,) * (n - nb) + tuple(sb)
+    return tuple(y if x == 1 else x for x, y in zip(a, b))
 
 
 def _check_binary(op: str, a: Any, b: Any) -> None:
@@ -440,19 +456,6 @@ def check_all_logits_from_hidden(hidden: Any, lm_head: Any) -> None:
     _check_logits("all_logits_from_hidden", hidden, lm_head, False)
 
 
-#: op name -> check function; the RoPE checks return the (normalised) positions.
-CHECKS = {
-    "linear_3d": check_linear_3d,
-    "linear_3d_bias": check_linear_3d_bias,
-    "rms_norm": check_rms_norm,
-    "layer_norm": check_layer_norm,
-    "silu": check_silu,
-    "gelu": check_gelu,
-    "add": check_add,
-    "mul": check_mul,
-    "apply_rope_positions": check_apply_rope_positions,
-    "apply_rope_partial": check_apply_rope_partial,
-    "gqa_attention": check_gqa_attention,
-    "logits_from_hidden": check_logits_from_hidden,
-    "all_logits_from_hidden": check_all_logits_from_hidden,
-}
+#: op name -> check function (``check_<op>``, declared by ``OpSpec.check_name``); the RoPE checks return
+#: the (normalised) positions.
+CHECKS = {name: globals()[spec.check_name] for name, spec in OPS.items()}

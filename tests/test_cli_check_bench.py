@@ -19,7 +19,7 @@ from sapient_core.hookspecs import OPS
 from sapient_core.registry import Registry
 from sapient_core.testing import BENCH_SIZES, build_cases, parse_sizes, run_bench
 
-from _sapient_planted import planted_module, write_dist
+from helpers.planted import planted_module, write_dist
 
 TINY = "seq=2:hidden=64:heads=4:kv_heads=2:head_dim=16:mlp=128:vocab=50:kv_len=3"
 
@@ -68,7 +68,7 @@ def test_check_cpu_passes_and_prints_a_table(registry, capsys):
     ("wrongrms", "rms_norm", "prefill", "NMSE vs oracle 1.0e-06 > 1e-10"),
     ("mutates", "silu", "mlp", "modified its input 'x'"),
     ("raises", "linear_3d", "prefill", "the backend raised RuntimeError: no kernel for linear_3d"),
-    ("wrongshape", "linear_3d", "decode-S1", "result shape (1, 1, 255) != expected (1, 1, 256)"),
+    ("wrongshape", "linear_3d", "decode-S1", "wrong result: returned shape (1, 1, 255), expected (1, 1, 256)"),
 ])
 def test_check_catches_each_planted_backend(registry, capsys, name, op, case, reason):
     plant(registry, name)

@@ -15,7 +15,7 @@ from sapient_core.registry import Registry
 from sapient_core.testing import (CASE_TOLERANCES, DECLINED, FAIL, KIT_SIZES, NOT_IMPLEMENTED, PASS, TOLERANCES,
                                   build_cases, max_abs_err, nmse, run_case, run_conformance, tolerance_for)
 
-from _sapient_planted import planted_module, write_dist
+from helpers.planted import planted_module, write_dist
 
 TESTS = Path(__file__).resolve().parent
 
@@ -188,8 +188,8 @@ def test_backend_that_falls_back_for_everything_cannot_pass(registry):
 def test_wrong_result_shape_is_caught(registry):
     report = run_conformance(plant(registry, "wrongshape"), registry=registry)
     assert {(r.op, r.case) for r in report.failures} == {("linear_3d", c) for c in value_cases("linear_3d")}
-    assert by_case(report)[("linear_3d", "prefill")].reason == "result shape (2, 7, 687) != expected (2, 7, 688)"
-    assert by_case(report)[("linear_3d", "decode-S1")].reason == "result shape (1, 1, 255) != expected (1, 1, 256)"
+    assert by_case(report)[("linear_3d", "prefill")].reason == "wrong result: returned shape (2, 7, 687), expected (2, 7, 688)"
+    assert by_case(report)[("linear_3d", "decode-S1")].reason == "wrong result: returned shape (1, 1, 255), expected (1, 1, 256)"
     assert not report.ok
 
 
@@ -207,7 +207,7 @@ def test_declined_inputs_are_reported_not_failed_but_a_backend_that_declines_eve
 
 def test_wrong_dtype_nan_parity_and_overflow_warnings_are_caught(registry):
     report = run_conformance(plant(registry, "float64"), registry=registry)
-    assert "result dtype float64 != float32" in by_case(report)[("add", "same-shape")].reason
+    assert "wrong result: returned dtype float64, not float32" in by_case(report)[("add", "same-shape")].reason
     report = run_conformance(plant(registry, "nanparity"), registry=registry)
     assert {r.case for r in report.failures} == {"nan-inf"}
     reason = by_case(report)[("silu", "nan-inf")].reason
@@ -248,7 +248,7 @@ def test_conformance_tests_in_a_plugins_own_suite(tmp_path):
     (tmp_path / "test_plugin.py").write_text(
         f"import sys\nsys.path.insert(0, {str(TESTS)!r})\n"
         "import sapient_core\n"
-        "from _sapient_planted import planted_module\n"
+        "from helpers.planted import planted_module\n"
         "sapient_core.register_backend(planted_module('wrongrms'), 'wrongrms')\n"
         "from sapient_core.testing import conformance_tests\n"
         "test_kit = conformance_tests('wrongrms', ops=['rms_norm', 'silu', 'add'])\n")
@@ -268,7 +268,7 @@ def test_conformance_tests_lists_expected_failures_with_their_reason(tmp_path):
     (tmp_path / "test_plugin.py").write_text(
         f"import sys\nsys.path.insert(0, {str(TESTS)!r})\n"
         "import sapient_core\n"
-        "from _sapient_planted import planted_module\n"
+        "from helpers.planted import planted_module\n"
         "sapient_core.register_backend(planted_module('wrongshape'), 'wrongshape')\n"
         "from sapient_core.testing import conformance_tests\n"
         "test_kit = conformance_tests('wrongshape', ops=['linear_3d'], expected_failures={\n"
@@ -295,6 +295,6 @@ def test_pytest_option_collects_the_kit_for_an_installed_backend(tmp_path):
     n_fail = len(value_cases("linear_3d"))          # zero-length results have the wrong shape too
     assert proc.returncode == 1, out + proc.stderr
     assert f"{n_fail} failed, {2 * n - n_fail} passed" in out
-    assert "test_conformance[wrongshape-linear_3d:prefill] - Failed: wrongshape linear_3d:prefill: result shape " \
-           "(2, 7, 687) != expected (2, 7, 688)" in out
+    assert "test_conformance[wrongshape-linear_3d:prefill] - Failed: wrongshape linear_3d:prefill: wrong result: " \
+           "returned shape (2, 7, 687), expected (2, 7, 688)" in out
     assert "[cpu-linear_3d" not in out.split("short test summary")[-1]       # cpu passed every case

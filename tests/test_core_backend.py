@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from sapient_core import BackendOpError, DTypeError, OpDeclined, ShapeError
+from sapient_core import ArgumentError, BackendOpError, DTypeError, OpDeclined, OpStats, ShapeError
 from sapient_core.hookspecs import OPS
 from sapient_core.registry import Registry
 from sapient_backend_cpu import kernels
@@ -22,7 +22,7 @@ from sapient_backend_cpu import kernels
 from helpers.fakeplugins import caps_dict, delegating_plugin, namespace_plugin, op_function
 from helpers.samples import INVALID, NUMPY_RESULT_OPS, valid_args
 
-ERRORS = {"ShapeError": ShapeError, "DTypeError": DTypeError}
+ERRORS = {"ShapeError": ShapeError, "DTypeError": DTypeError, "ArgumentError": ArgumentError}
 
 
 def registry_with(plugin, name="fake"):
@@ -57,15 +57,14 @@ def test_every_op_runs_the_plugins_implementation(op):
     assert all(got is want for got, want in zip(plugin.calls[0][1], args))   # the plugin got the very arrays
     assert_same(result, getattr(kernels, op)(*args))
     assert type(result) is np.ndarray
-    stats = b.stats()["ops"][op]
-    assert stats == {"calls": 1, "fallbacks": 0, "fallback_reasons": {}, "implemented_by": "fake"}
+    assert b.stats().ops[op] == OpStats(calls=1, implemented_by="fake")
 
 
 @pytest.mark.parametrize("op", list(OPS))
 def test_every_op_of_the_cpu_backend_is_the_kernel(op):
     b = Registry(entry_points=lambda: []).get_backend("cpu")
     assert_same(getattr(b, op)(*valid_args(op)), getattr(kernels, op)(*valid_args(op)))
-    assert b.stats()["ops"][op]["implemented_by"] == "cpu"
+    assert b.stats().ops[op].implemented_by == "cpu"
 
 
 def test_ops_a_plugin_lacks_are_served_by_the_cpu_reference():
@@ -76,10 +75,10 @@ def test_ops_a_plugin_lacks_are_served_by_the_cpu_reference():
         assert_same(getattr(b, op)(*valid_args(op)), getattr(kernels, op)(*valid_args(op)))
     assert [c[0] for c in plugin.calls] == ["rms_norm"]
     stats = b.stats()
-    assert stats["backend"] == "fake" and stats["device"] == "metal" and stats["strict"] is False
-    assert {op: s["implemented_by"] for op, s in stats["ops"].items()} == {
+    assert stats.backend == "fake" and stats.device == "metal" and stats.strict is False
+    assert {op: s.implemented_by for op, s in stats.ops.items()} == {
         op: ("fake" if op == "rms_norm" else "cpu") for op in OPS}
-    assert all(s["calls"] == 1 and s["fallbacks"] == 0 for s in stats["ops"].values())
+    assert all(s.calls == 1 and s.fallbacks == 0 for s in stats.ops.values())
 
 
 def test_implementations_may_take_a_subset_of_the_arguments_in_any_order():
@@ -99,8 +98,14 @@ def test_implementations_may_take_a_subset_of_the_arguments_in_any_order():
     x, w = valid_args("linear_3d")
     assert_same(b.linear_3d(x, w), kernels.linear_3d(x, w))
     assert seen["linear_3d"][0] is w and seen["linear_3d"][1] is x
-    b.gelu(x, "tanh")
-    assert seen["gelu"] is x
+    b.gelu(x, "none")                                 # the default of the argument it does not take
+    assert seen.pop("gelu") is x
+    assert_same(b.gelu(x, "tanh"), kernels.gelu(x, "tanh"))   # sets it: the reference computes the call
+    assert "gelu" not in seen
+    st = b.stats().ops["gelu"]
+    assert (st.calls, st.fallbacks, st.routed) == (2, 0, 1)
+    assert st.routed_reasons == {"fake's gelu('x',) does not take 'approximate' (added in hook API 1), which this "
+                                 "call sets": 1}
 
 
 def test_gelu_defaults_to_the_exact_form():
@@ -142,16 +147,16 @@ def test_bad_input_raises_the_same_error_everywhere_and_never_falls_back(op, arg
         assert exc.value.op == op and exc.value.shapes == shapes
         raised.append((type(exc.value), str(exc.value)))
     assert raised[0] == raised[1] == raised[2]
-    assert isinstance(exc.value, ValueError if error == "ShapeError" else TypeError)
+    assert isinstance(exc.value, TypeError if error == "DTypeError" else ValueError)
     assert plugin.calls == []                                   # the plugin never saw the bad input
-    assert fake.stats()["ops"][op] == {"calls": 0, "fallbacks": 0, "fallback_reasons": {}, "implemented_by": "fake"}
+    assert fake.stats().ops[op] == OpStats(calls=0, implemented_by="fake")
 
 
 @pytest.mark.parametrize("call, error, message", [
-    (lambda b: b.rms_norm(*valid_args("rms_norm")[:2], -1.0), ShapeError, r"^rms_norm: eps must be >= 0, got -1\.0$"),
+    (lambda b: b.rms_norm(*valid_args("rms_norm")[:2], -1.0), ArgumentError, r"^rms_norm: eps must be >= 0, got -1\.0$"),
     (lambda b: b.rms_norm(*valid_args("rms_norm")[:2], "1e-6"), DTypeError,
      r"^rms_norm: eps must be a real number, got str '1e-6'$"),
-    (lambda b: b.apply_rope_positions(valid_args("apply_rope_positions")[0], [0, 1, 2], 0.0), ShapeError,
+    (lambda b: b.apply_rope_positions(valid_args("apply_rope_positions")[0], [0, 1, 2], 0.0), ArgumentError,
      r"^apply_rope_positions: base must be > 0, got 0\.0$"),
     (lambda b: b.apply_rope_positions(np.zeros((1, 2, 3, 5), np.float32), [0, 1, 2], 1e4), ShapeError,
      r"^apply_rope_positions: head size D=5 must be even \(x \(1, 2, 3, 5\)\)$"),
@@ -176,14 +181,14 @@ def test_more_validation_messages(call, error, message):
     b = backend_of(delegating_plugin())
     with pytest.raises(error, match=message):
         call(b)
-    assert all(s["calls"] == 0 for s in b.stats()["ops"].values())
+    assert all(s.calls == 0 for s in b.stats().ops.values())
 
 
 def test_fast_path_agrees_with_the_full_check():
     """The checks' fast path (float32 NumPy input) accepts exactly what the full check accepts."""
     from sapient_core import validate
     for op, args, *_ in INVALID:
-        with pytest.raises((ShapeError, DTypeError)):
+        with pytest.raises((ShapeError, DTypeError, ArgumentError)):
             validate.CHECKS[op](*args)
     for op in OPS:
         validate.CHECKS[op](*valid_args(op))                   # fast path
@@ -241,14 +246,14 @@ def test_fallback_gives_the_reference_result_warns_once_and_counts(caplog):
         "flaky.add failed (ValueError: cannot add shape (4,)); the CPU reference computes it instead (logged once "
         "per backend, op and reason; see Backend.stats())",
     ]
-    ops = b.stats()["ops"]
-    assert ops["silu"] == {"calls": 50, "fallbacks": 50, "fallback_reasons": {"RuntimeError: kernel exploded": 50},
-                           "implemented_by": "flaky"}
-    assert ops["gelu"] == {"calls": 100, "fallbacks": 50,
-                           "fallback_reasons": {"tanh approximation not supported": 50}, "implemented_by": "flaky"}
-    assert ops["add"]["fallback_reasons"] == {"ValueError: cannot add shape (3,)": 2,
-                                              "ValueError: cannot add shape (4,)": 1}
-    assert ops["rms_norm"] == {"calls": 0, "fallbacks": 0, "fallback_reasons": {}, "implemented_by": "flaky"}
+    ops = b.stats().ops
+    assert ops["silu"] == OpStats(calls=50, fallbacks=50, fallback_reasons={"RuntimeError: kernel exploded": 50},
+                                  implemented_by="flaky")
+    assert ops["gelu"] == OpStats(calls=100, fallbacks=50,
+                                  fallback_reasons={"tanh approximation not supported": 50}, implemented_by="flaky")
+    assert ops["add"].fallback_reasons == {"ValueError: cannot add shape (3,)": 2,
+                                           "ValueError: cannot add shape (4,)": 1}
+    assert ops["rms_norm"] == OpStats(calls=0, implemented_by="flaky")
 
 
 def test_fallback_under_threads_warns_once_and_counts_every_call(caplog):
@@ -256,7 +261,7 @@ def test_fallback_under_threads_warns_once_and_counts_every_call(caplog):
     with caplog.at_level(logging.WARNING, logger="sapient_core"):
         hammer([b.silu], threads=8, calls=20)
     assert len(sapient_warnings(caplog)) == 1
-    assert b.stats()["ops"]["silu"]["calls"] == b.stats()["ops"]["silu"]["fallbacks"] == 160
+    assert b.stats().ops["silu"].calls == b.stats().ops["silu"].fallbacks == 160
 
 
 def test_reset_stats_zeroes_the_counters_but_does_not_warn_again(caplog):
@@ -266,11 +271,11 @@ def test_reset_stats_zeroes_the_counters_but_does_not_warn_again(caplog):
         b.silu(x)
         b.rms_norm(*valid_args("rms_norm"))
         b.reset_stats()
-        assert all(s["calls"] == 0 and s["fallbacks"] == 0 and s["fallback_reasons"] == {}
-                   for s in b.stats()["ops"].values())
+        assert all(s.calls == 0 and s.fallbacks == 0 and s.fallback_reasons == {}
+                   for s in b.stats().ops.values())
         b.silu(x)
     assert len(sapient_warnings(caplog)) == 1
-    assert b.stats()["ops"]["silu"]["calls"] == 1 and b.stats()["ops"]["silu"]["fallbacks"] == 1
+    assert b.stats().ops["silu"].calls == 1 and b.stats().ops["silu"].fallbacks == 1
 
 
 def test_the_warning_is_once_per_plugin_not_per_backend_object(caplog):
@@ -299,7 +304,7 @@ def test_strict_mode_raises_instead_of_falling_back():
     assert exc.value.declined is True and exc.value.reason == "tanh approximation not supported"
     assert isinstance(exc.value.__cause__, OpDeclined)
     stats = b.stats()
-    assert stats["strict"] is True and stats["ops"]["silu"]["calls"] == 1 and stats["ops"]["silu"]["fallbacks"] == 0
+    assert stats.strict is True and stats.ops["silu"].calls == 1 and stats.ops["silu"].fallbacks == 0
 
 
 def test_sapient_strict_env_and_the_explicit_argument(monkeypatch):
@@ -364,7 +369,7 @@ def test_results_stay_in_the_backends_array_type(fail_rms):
         logits = getattr(b, op)(y, head)
         assert type(logits) is np.ndarray
         assert_same(logits, getattr(kernels, op)(y.a, head))
-    assert b.stats()["ops"]["rms_norm"]["fallbacks"] == (1 if fail_rms else 0)
+    assert b.stats().ops["rms_norm"].fallbacks == (1 if fail_rms else 0)
 
 
 def test_to_numpy_from_numpy_and_concatenate():
@@ -452,7 +457,7 @@ def test_a_thread_safe_plugin_is_called_concurrently():
     assert b.thread_safe is True
     hammer([b.silu])
     assert c.most > 1                                  # proves that the test above could see an overlap
-    assert b.stats()["ops"]["silu"]["calls"] == 64     # the counter loses no call under threads
+    assert b.stats().ops["silu"].calls == 64     # the counter loses no call under threads
 
 
 # --- reporting ---------------------------------------------------------------------------------------------------
@@ -469,22 +474,28 @@ def test_backend_carries_the_capability_report_and_the_explanation():
 
 def test_stats_include_the_plugins_own_statistics():
     b = backend_of(namespace_plugin(caps_dict(), backend_stats=lambda: {"weight_uploads": 3}))
-    assert b.stats()["plugin"] == {"weight_uploads": 3}
+    assert b.stats().plugin == {"weight_uploads": 3}
     b = backend_of(namespace_plugin(caps_dict(), backend_stats=lambda: 1 / 0))
-    assert b.stats()["plugin"] == {"error": "backend_stats() raised ZeroDivisionError: division by zero"}
-    assert "plugin" not in backend_of(namespace_plugin(caps_dict())).stats()
+    assert b.stats().plugin == {"error": "backend_stats() raised ZeroDivisionError: division by zero"}
+    assert backend_of(namespace_plugin(caps_dict())).stats().plugin is None
 
 
-def test_op_methods_are_plain_functions_with_the_hooks_signature():
+def test_op_methods_are_real_typed_methods_with_the_hooks_signature():
     import inspect
+
+    from sapient_core import Backend, _ops
     b = Registry(entry_points=lambda: []).get_backend("cpu")
-    for op, args in OPS.items():
+    for op, spec in OPS.items():
+        assert hasattr(Backend, op), op                             # on the class, not set per instance
         method = getattr(b, op)
-        assert inspect.isfunction(method), op                      # no bound method, no pluggy hook caller
-        assert tuple(inspect.signature(method).parameters) == args
-    assert str(inspect.signature(b.gelu)) == "(x, approximate='none')"
-    assert re.match(r"Backend\.\w+$", b.silu.__qualname__)
-    assert set(NUMPY_RESULT_OPS) <= set(OPS)
+        assert inspect.ismethod(method) and method.__func__ is getattr(Backend, op)
+        assert tuple(inspect.signature(method).parameters) == spec.argnames
+        assert inspect.getsourcefile(method) == _ops.__file__      # a real file: tracebacks point into it
+        assert f"def {op}(self" in inspect.getsource(method)
+        assert inspect.getdoc(method) == spec.doc
+    assert str(inspect.signature(b.gelu)) == "(x: 'Array', approximate: 'str' = 'none') -> 'Array'"
+    assert str(inspect.signature(Backend.logits_from_hidden)).endswith("-> 'numpy.typing.NDArray[numpy.float32]'")
+    assert set(NUMPY_RESULT_OPS) == {op for op, spec in OPS.items() if spec.numpy_result}
 
 
 class ForeignDtype:

@@ -12,14 +12,14 @@ from sapient_core.memory import GiB, FitPolicy, MemoryInfo
 
 from helpers.fakeplugins import caps_dict, namespace_plugin
 
-KNOWN = MemoryInfo(16 * GiB, "test device")
+KNOWN = MemoryInfo(total_bytes=16 * GiB, source="test device")
 
 
 # --- FitPolicy ------------------------------------------------------------------------------------------
 
 def test_fits_exactly_at_the_boundary_and_not_one_byte_past_it():
     policy = FitPolicy()
-    device = MemoryInfo(14 * GiB, "test device")
+    device = MemoryInfo(total_bytes=14 * GiB, source="test device")
     usable = 12 * GiB
     exact = 8 * GiB                              # exact * 1.5 == total - 2 GiB
     at = policy.decide(exact, device)
@@ -29,30 +29,30 @@ def test_fits_exactly_at_the_boundary_and_not_one_byte_past_it():
     past = policy.decide(exact + 1, device)
     assert not past.fits and past.needed_bytes == usable + 2   # ceil((exact + 1) * 1.5)
     assert "= 12.00 GiB (12884901890 B) > usable 12.00 GiB (12884901888 B)" in past.explanation
-    assert policy.decide(exact, MemoryInfo(14 * GiB - 1, "test device")).fits is False
+    assert policy.decide(exact, MemoryInfo(total_bytes=14 * GiB - 1, source="test device")).fits is False
 
 
 def test_needed_bytes_rounds_up_so_half_a_byte_over_does_not_fit():
-    mem = MemoryInfo(2 * GiB + 3001, "test")
+    mem = MemoryInfo(total_bytes=2 * GiB + 3001, source="test")
     d = FitPolicy().decide(2001, mem)           # 2001 * 1.5 = 3001.5 > 3001
     assert (d.fits, d.needed_bytes, d.usable_bytes) == (False, 3002, 3001)
 
 
 def test_zero_means_unknown_and_always_fits_even_with_unknown_memory():
-    d = FitPolicy().decide(0, MemoryInfo(None, "x", "cannot read"))
+    d = FitPolicy().decide(0, MemoryInfo(total_bytes=None, source="x", reason="cannot read"))
     assert d.fits and d.explanation == "model size unknown (model_bytes=0): fits by definition"
-    assert FitPolicy().decide(0, MemoryInfo(GiB, "tiny")).fits       # usable is negative: still fits
+    assert FitPolicy().decide(0, MemoryInfo(total_bytes=GiB, source="tiny")).fits       # usable is negative: still fits
 
 
 def test_unknown_memory_never_fits_a_known_model_and_says_why():
-    d = FitPolicy().decide(1, MemoryInfo(None, "x", "the driver is silent"))
+    d = FitPolicy().decide(1, MemoryInfo(total_bytes=None, source="x", reason="the driver is silent"))
     assert not d.fits and d.usable_bytes is None
     assert d.explanation == ("device memory unknown (the driver is silent): cannot check a 1 B model, so it is "
                              "not assumed to fit")
 
 
 def test_devices_smaller_than_the_reserve_fit_nothing():
-    d = FitPolicy().decide(1, MemoryInfo(GiB, "tiny"))
+    d = FitPolicy().decide(1, MemoryInfo(total_bytes=GiB, source="tiny"))
     assert not d.fits and d.usable_bytes == -GiB
     assert "1 B x 1.5 = 2 B > usable -1.00 GiB" in d.explanation
 
@@ -91,7 +91,7 @@ def test_proc_meminfo_is_parsed(tmp_path, monkeypatch):
     monkeypatch.setattr(memory.platform, "system", lambda: "Linux")
     monkeypatch.setattr(memory, "MEMINFO_PATH", path)
     info = memory.system_memory()
-    assert info == MemoryInfo(24576000 * 1024, f"{path} MemTotal")
+    assert info == MemoryInfo(total_bytes=24576000 * 1024, source=f"{path} MemTotal")
 
 
 @pytest.mark.parametrize("text, reason", [
@@ -130,7 +130,7 @@ def test_macos_reads_sysctl_hw_memsize(monkeypatch):
         return subprocess.CompletedProcess(cmd, 0, stdout="17179869184\n", stderr="")
     monkeypatch.setattr(memory.platform, "system", lambda: "Darwin")
     monkeypatch.setattr(memory.subprocess, "run", fake_run)
-    assert memory.system_memory() == MemoryInfo(16 * GiB, "sysctl hw.memsize")
+    assert memory.system_memory() == MemoryInfo(total_bytes=16 * GiB, source="sysctl hw.memsize")
     assert calls[0][0] == ["sysctl", "-n", "hw.memsize"]
     assert calls[0][1]["timeout"] > 0 and calls[0][1]["check"] is True
 
@@ -156,7 +156,7 @@ def test_macos_sysctl_failure_is_unknown_with_a_reason(monkeypatch, failure, rea
 def test_other_systems_report_unknown(monkeypatch):
     monkeypatch.setattr(memory.platform, "system", lambda: "Windows")
     info = memory.system_memory()
-    assert info == MemoryInfo(None, "system RAM", "reading RAM is not supported on 'Windows'")
+    assert info == MemoryInfo(total_bytes=None, source="system RAM", reason="reading RAM is not supported on 'Windows'")
 
 
 # --- a plugin's memory hook ---------------------------------------------------------------------------------
@@ -182,15 +182,15 @@ def register_plugin():
 
 def test_memory_hook_report_is_taken_as_is(register_plugin):
     info = memory_of(register_plugin, {"total_bytes": 8 * GiB, "source": "fake device", "details": {"wired": 1}})
-    assert info == MemoryInfo(8 * GiB, "fake device", "", {"wired": 1})
+    assert info == MemoryInfo(total_bytes=8 * GiB, source="fake device", reason="", details={"wired": 1})
 
 
 @pytest.mark.parametrize("report, raises, reason", [
     (None, RuntimeError("driver gone"), r"^backend_memory\(\) raised RuntimeError\('driver gone'\)$"),
-    ([1], None, r"^backend_memory\(\) returned \[1\], not a dict with 'total_bytes'$"),
-    ({"source": "x"}, None, r"not a dict with 'total_bytes'"),
-    ({"total_bytes": -5, "source": "x"}, None, r"returned total_bytes=-5, not a non-negative int$"),
-    ({"total_bytes": 1.5e9, "source": "x"}, None, r"returned total_bytes=1500000000\.0, not a non-negative int$"),
+    ([1], None, r"^backend_memory\(\) returned list \[1\], not a dict$"),
+    ({"source": "x"}, None, r"^the report was refused: backend_memory\(\) lacks the required key 'total_bytes'$"),
+    ({"total_bytes": -5, "source": "x"}, None, r"\['total_bytes'\] must be >= 0, got -5 \(int\)$"),
+    ({"total_bytes": 1.5e9, "source": "x"}, None, r"\['total_bytes'\] must be an int, got 1500000000\.0 \(float\)$"),
     ({"total_bytes": None, "source": "x"}, None, r"^not reported$"),
 ])
 def test_bad_memory_reports_become_unknown_with_a_reason(register_plugin, report, raises, reason):

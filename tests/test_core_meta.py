@@ -1,39 +1,45 @@
-"""Meta-tests (datasette style): the hook specifications, the op tables and the tests stay in step.
+"""Meta-tests (datasette style): the one declaration per op, and everything derived from it, stay in step.
 
-A new op must be added everywhere at once: a hookspec with a complete docstring, OPS, a check in
-sapient_core.validate, a float64 oracle, a CPU kernel, and sample arguments (valid and invalid) in
-tests/helpers/samples.py, which makes tests/test_core_backend.py call it through the dispatcher.
+An op is declared once, in sapient_core/hookspecs.py (``@op(...)`` over its hook specification).  From
+that declaration come the backend object's typed method (sapient_core/_ops.py, generated), the
+validation table, the fallback's argument conversion and the conformance kit's case list.  What must
+still be written by hand for a new op: its check in sapient_core/validate.py, its float64 oracle, its
+CPU kernel, its kit cases (@cases_for) and its sample arguments in tests/helpers/samples.py.  These
+tests say which one is missing.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
+from pathlib import Path
 
 import pytest
 
 import sapient_core
-from sapient_core import errors, hookspecs, validate
+from sapient_core import _codegen, errors, hookspecs, validate
+from sapient_core.testing import cases as kit_cases
 from sapient_core.testing import oracle
 from sapient_backend_cpu import kernels, plugin as cpu_plugin
 
 from helpers import samples
 
+REPO = Path(__file__).resolve().parents[1]
 SPEC_ATTR = f"{hookspecs.PROJECT}_spec"
-ARRAY_ARGS = {"x", "weight", "bias", "a", "b", "positions", "q", "k", "v", "hidden", "lm_head"}
 SPECS = {name: fn for name, fn in vars(hookspecs).items() if callable(fn) and hasattr(fn, SPEC_ATTR)}
 
 
 def test_the_hookspecs_are_exactly_the_ops_and_the_meta_hooks():
     assert set(SPECS) == set(hookspecs.OPS) | set(hookspecs.META_HOOKS)
     assert not set(hookspecs.OPS) & set(hookspecs.META_HOOKS)
+    assert all(SPECS[name] is spec.spec for name, spec in hookspecs.OPS.items())
 
 
 @pytest.mark.parametrize("hook", sorted(SPECS))
-def test_each_hookspec_signature_matches_its_table_and_has_no_defaults(hook):
+def test_each_hookspec_signature_matches_its_declaration_and_has_no_defaults(hook):
     params = inspect.signature(SPECS[hook]).parameters
-    table = hookspecs.OPS.get(hook, hookspecs.META_HOOKS.get(hook))
-    assert tuple(params) == table
+    spec = hookspecs.OPS.get(hook)
+    assert tuple(params) == (spec.argnames if spec else hookspecs.META_HOOKS[hook])
     assert all(p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD for p in params.values())
 
 
@@ -44,13 +50,15 @@ def test_each_hookspec_is_documented_in_the_fixed_shape(hook):
     summary = doc.splitlines()[0]
     assert summary.endswith(".") and (summary.startswith(("Return", "Report", "Apply", "Concatenate"))), summary
     assert ":returns:" in doc, f"{hook}: say what it returns"
-    for arg in hookspecs.OPS.get(hook, hookspecs.META_HOOKS.get(hook, ())):
+    spec = hookspecs.OPS.get(hook)
+    for arg in (spec.argnames if spec else hookspecs.META_HOOKS[hook]):
         assert re.search(rf":param {arg}: \S", doc), f"{hook}: document the argument {arg!r}"
-    if hook in hookspecs.OPS:
+    if spec:
         # shapes and dtypes written out for every array argument and the result, e.g. "(B, S, D) float32"
-        for arg in set(hookspecs.OPS[hook]) & ARRAY_ARGS:
-            line = re.search(rf":param {arg}: (.*)", doc).group(1)
-            assert re.search(r"float32|integer", line) and re.search(r"\(.*\)|any shape", line), (hook, line)
+        for arg in spec.args:
+            assert arg.doc, (hook, arg.name)
+            if arg.is_array:
+                assert re.search(r"float32|integer", arg.doc) and re.search(r"\(.*\)|any shape", arg.doc), (hook, arg)
         returns = re.search(r":returns: (.*)", doc).group(1)
         assert "float32" in returns and re.search(r"\(.*\)|shape", returns), (hook, returns)
         assert "Optional." not in doc
@@ -59,7 +67,7 @@ def test_each_hookspec_is_documented_in_the_fixed_shape(hook):
 def test_the_module_docstring_says_how_to_implement_and_decline():
     doc = hookspecs.__doc__
     for phrase in ("backend_capabilities", "OpDeclined", "default value", "positional arguments",
-                   "Calling convention", "How to decline"):
+                   "Calling convention", "How to decline", "routed"):
         assert phrase in doc, phrase
 
 
@@ -69,41 +77,83 @@ def test_required_and_optional_hooks_are_marked():
         assert "Optional." in inspect.getdoc(SPECS[hook]), hook
 
 
-def test_every_op_has_a_check_an_oracle_a_kernel_and_samples():
+def test_every_argument_has_one_kind_and_later_arguments_have_defaults():
+    for spec in hookspecs.OPS.values():
+        for arg in spec.args:
+            assert arg.kind in (hookspecs.ARRAY, hookspecs.OPTIONAL_ARRAY, hookspecs.POSITIONS, hookspecs.SCALAR)
+            assert 1 <= arg.since <= hookspecs.HOOK_API_VERSION, (spec.name, arg.name)
+            if arg.since > spec.since:
+                assert arg.has_default, (spec.name, arg.name)
+        assert spec.since in hookspecs.SUPPORTED_API_VERSIONS
+
+
+def test_the_declaration_refuses_an_argument_without_a_kind_and_a_late_argument_without_a_default():
+    def f(x, y):
+        """Return x."""
+
+    def g(x, late):
+        """Return x."""
+    with pytest.raises(TypeError, match=r"^op f: every argument needs exactly one kind"):
+        hookspecs.op(arrays=("x",), result_shape="x.shape")(f)
+    with pytest.raises(TypeError, match=r"^op g: argument 'late' was added in API 2, so it needs a default"):
+        hookspecs.op(arrays=("x",), scalars={"late": "int"}, since={"late": 2}, result_shape="x.shape")(g)
+    assert "f" not in hookspecs.OPS and "g" not in hookspecs.OPS
+
+
+def test_the_generated_op_methods_are_up_to_date():
+    """sapient_core/_ops.py is generated from the declarations: regenerate it after changing one."""
+    assert _codegen.generate() == Path(_codegen.TARGET).read_text(encoding="utf-8"), \
+        "run: python -m sapient_core._codegen"
+    assert _codegen.main(["--check"]) == 0
+
+
+def test_every_op_has_a_check_an_oracle_a_kernel_kit_cases_and_samples():
     ops = set(hookspecs.OPS)
     assert set(validate.CHECKS) == ops
+    assert all(validate.CHECKS[op] is getattr(validate, hookspecs.OPS[op].check_name) for op in ops)
     assert {name for name in oracle.__all__ if name in ops} == ops
     assert all(callable(getattr(oracle, op)) for op in ops)
     assert {op for op in ops if hasattr(getattr(cpu_plugin, op, None), SPEC_ATTR.replace("_spec", "_impl"))} == ops
     assert {op for op in ops if callable(getattr(kernels, op, None))} == ops
+    assert set(kit_cases.CASE_BUILDERS) == ops
+    assert {c.op for c in kit_cases.build_cases()} == ops
     for op in ops:
         samples.valid_args(op)                                      # raises KeyError for a missing op
     assert {case[0] for case in samples.INVALID} == ops             # every op has a bad-input case
 
 
+def test_an_op_without_kit_cases_is_an_error_not_a_gap(monkeypatch):
+    monkeypatch.delitem(kit_cases.CASE_BUILDERS, "silu")
+    with pytest.raises(LookupError, match=r"^no conformance cases for op\(s\) silu: add a builder decorated with "
+                                          r"@cases_for\('silu'\)"):
+        kit_cases.build_cases()
+
+
 def test_kernel_signatures_are_the_hooks():
-    for op, args in hookspecs.OPS.items():
-        assert tuple(inspect.signature(getattr(kernels, op)).parameters) == args, op
+    for op, spec in hookspecs.OPS.items():
+        assert tuple(inspect.signature(getattr(kernels, op)).parameters) == spec.argnames, op
 
 
 def test_every_check_accepts_the_hooks_arguments():
-    for op, args in hookspecs.OPS.items():
-        assert tuple(inspect.signature(validate.CHECKS[op]).parameters) == args, op
+    for op, spec in hookspecs.OPS.items():
+        assert tuple(inspect.signature(validate.CHECKS[op]).parameters) == spec.argnames, op
 
 
 def test_every_op_is_called_by_the_dispatcher_tests():
     """tests/test_core_backend.py is parametrized over OPS; make sure it still is."""
-    from pathlib import Path
     source = (Path(__file__).parent / "test_core_backend.py").read_text()
     assert source.count('@pytest.mark.parametrize("op", list(OPS))') >= 2
 
 
 def test_public_api_is_importable_and_errors_derive_from_the_right_builtins():
     for name in sapient_core.__all__:
-        assert hasattr(sapient_core, name), name
+        assert getattr(sapient_core, name) is not None, name
+    for name in ("Backend", "BackendInfo", "Explanation", "Capabilities", "FitPolicy", "MemoryInfo", "Stats"):
+        assert name in sapient_core.__all__ and inspect.getdoc(getattr(sapient_core, name)), name
     assert issubclass(errors.BackendNotFoundError, LookupError)
     assert issubclass(errors.BackendUnavailableError, errors.BackendNotFoundError)
     assert issubclass(errors.ShapeError, ValueError) and issubclass(errors.DTypeError, TypeError)
+    assert issubclass(errors.ArgumentError, ValueError) and not issubclass(errors.ArgumentError, errors.ShapeError)
     assert issubclass(errors.BackendOpError, RuntimeError)
     assert issubclass(errors.PluginValidationError, errors.PluginLoadError)
     assert issubclass(errors.IncompatiblePluginError, errors.PluginLoadError)
@@ -111,15 +161,60 @@ def test_public_api_is_importable_and_errors_derive_from_the_right_builtins():
     for name in errors.__all__:
         cls = getattr(errors, name)
         assert cls.__doc__, name
-        if issubclass(cls, Exception) and not issubclass(cls, Warning):
+        if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, Warning):
             assert issubclass(cls, errors.SapientError), name
-    assert sapient_core.HOOK_API_VERSION == hookspecs.HOOK_API_VERSION == cpu_plugin.HOOK_API_VERSION
+    assert sapient_core.HOOK_API_VERSION == hookspecs.HOOK_API_VERSION
+    assert sapient_core.HOOK_API_VERSION in sapient_core.SUPPORTED_API_VERSIONS
 
 
-def test_every_op_argument_is_known_as_an_array_or_a_scalar():
-    """The fallback converts array arguments to NumPy by name: a new array argument must be listed."""
-    from sapient_core import backend
-    scalars = {"eps", "approximate", "base", "rotary_dim", "n_kv_heads", "causal"}
-    names = {a for args in hookspecs.OPS.values() for a in args}
-    assert backend._ARRAY_ARGS == ARRAY_ARGS
-    assert names == (names & ARRAY_ARGS) | (names & scalars) and not ARRAY_ARGS & scalars
+def test_plugins_declare_their_api_version_as_a_literal():
+    """A plugin that imports the core's HOOK_API_VERSION always matches it: the check could never fire."""
+    for path in (REPO / "plugins" / "cpu" / "sapient_backend_cpu" / "plugin.py",
+                 REPO / "plugins" / "mlx" / "sapient_backend_mlx" / "plugin.py",
+                 REPO / "examples" / "sapient-backend-example" / "sapient_backend_example" / "plugin.py"):
+        text = path.read_text()
+        assert "import HOOK_API_VERSION" not in text and "sapient_core.HOOK_API_VERSION" not in text, path
+        assert re.search(r'"api_version": \d+|HOOK_API_VERSION = \d+', text), path
+
+
+@pytest.mark.parametrize("op", list(hookspecs.OPS))
+def test_the_fallback_converts_exactly_the_array_arguments(op):
+    """The CPU reference gets NumPy for every argument declared as an array, and scalars as they are."""
+    from sapient_core.registry import Registry
+
+    from helpers.fakeplugins import caps_dict, namespace_plugin
+
+    class Box:
+        def __init__(self, a):
+            self.a, self.shape, self.dtype = a, a.shape, a.dtype
+
+    converted = []
+    plugin = namespace_plugin(caps_dict(), backend_to_numpy=lambda x: converted.append(x) or x.a,
+                              backend_from_numpy=lambda x: Box(x))
+    reg = Registry(entry_points=lambda: [])
+    reg.register(plugin, "boxed")
+    b = reg.get_backend("boxed")
+    spec = hookspecs.OPS[op]
+    args = tuple(Box(a) if arg.is_array and hasattr(a, "dtype") else a for arg, a in zip(spec.args, samples.valid_args(op)))
+    numpy_args = b._numpy_args(spec, args)
+    boxed = [a for a in args if isinstance(a, Box)]
+    assert len(converted) == len(boxed) and all(c is a for c, a in zip(converted, boxed))
+    for arg, before, after in zip(spec.args, args, numpy_args):
+        if isinstance(before, Box):
+            assert arg.is_array and after is before.a
+        else:
+            assert after is before
+
+
+def test_no_private_module_is_imported_across_packages():
+    """Only sapient_core itself may import its private modules; plugins, benchmarks, examples and the
+    kit use the public names."""
+    private = re.compile(r"^\s*(from|import)\s+sapient_core(\.\w+)*\._\w+", re.M)
+    offenders = []
+    for folder in ("plugins", "benchmarks", "examples", "sapient_core/testing"):
+        for path in (REPO / folder).rglob("*.py"):
+            if "tests" in path.parts and folder == "plugins":
+                continue
+            if private.search(path.read_text()):
+                offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []

@@ -37,7 +37,7 @@ def test_broken_plugin_is_recorded_and_skipped(fake_site, source, error_type, me
     assert type(bad.error) is error_type and bad.error.plugin == "bad"
     assert bad.reason == str(bad.error)
     assert bad.reason.startswith("plugin 'bad'") and re.search(message, bad.reason)
-    assert bad.as_dict()["error"] == error_type.__name__
+    assert bad.model_dump(mode="json")["error"] == error_type.__name__
     # the others keep working
     assert infos["good"].status == "available" and infos["cpu"].status == "available"
     assert reg.get_backend("auto").name == "good"
@@ -159,11 +159,12 @@ def test_sapient_plugins_empty_means_only_cpu_and_disabled_code_never_runs(spied
     reg = site.registry()
     infos = no_plugin_warnings(lambda: {i.name: i for i in reg.list_backends()})
     assert {n: i.status for n, i in infos.items()} == {"cpu": "available", "spy": "disabled", "bomb": "disabled"}
-    assert infos["spy"].reason == "not in SAPIENT_PLUGINS=''"
+    assert infos["spy"].reason == ("not in SAPIENT_PLUGINS=''. To use it, add it to SAPIENT_PLUGINS (or unset "
+                                   "SAPIENT_PLUGINS)")
     assert not marker.exists() and "sapient_fake_spy" not in sys.modules and "sapient_fake_bomb" not in sys.modules
     assert reg.get_backend("auto").name == "cpu"
     with pytest.raises(BackendUnavailableError, match=r"^backend 'spy' is installed but not loaded: not in "
-                       r"SAPIENT_PLUGINS=''\. To remedy this, add it to SAPIENT_PLUGINS"):
+                       r"SAPIENT_PLUGINS=''\. To use it, add it to SAPIENT_PLUGINS"):
         reg.get_backend("spy")
     assert not marker.exists()
 
@@ -200,7 +201,8 @@ def test_disable_autoload_loads_only_the_cpu_reference(spied, monkeypatch):
     reg = site.registry()
     infos = no_plugin_warnings(lambda: {i.name: i for i in reg.list_backends()})
     assert {n: i.status for n, i in infos.items()} == {"cpu": "available", "spy": "disabled", "bomb": "disabled"}
-    assert infos["spy"].reason == "SAPIENT_DISABLE_PLUGIN_AUTOLOAD=1 loads only the CPU reference"
+    assert infos["spy"].reason == ("SAPIENT_DISABLE_PLUGIN_AUTOLOAD=1 loads only the CPU reference. To use it, "
+                                   "unset SAPIENT_DISABLE_PLUGIN_AUTOLOAD")
     assert not marker.exists()
     monkeypatch.setenv("SAPIENT_DISABLE_PLUGIN_AUTOLOAD", "0")
     monkeypatch.delenv("SAPIENT_PLUGINS")
@@ -321,3 +323,27 @@ def test_default_registry_is_created_once(monkeypatch):
     monkeypatch.setattr(sapient_core, "_registry", None)
     first = sapient_core.default_registry()
     assert isinstance(first, Registry) and sapient_core.default_registry() is first
+
+
+def test_a_plugin_warning_points_at_the_callers_line_not_into_the_library(fake_site):
+    fake_site.add_plugin("bad", plugin_source(header="raise RuntimeError('boom')"))
+    reg = fake_site.registry()
+    with pytest.warns(PluginWarning, match="boom") as record:
+        reg.list_backends()                                # the line the warning must point at
+    warning = next(w for w in record if issubclass(w.category, PluginWarning))
+    assert warning.filename == __file__, warning.filename
+    fake_site.add_plugin("bad", dist="fake-bad-again")
+    with pytest.warns(PluginWarning, match="duplicate backend name") as record:
+        fake_site.registry().get_backend("cpu")            # discovery runs here, deep inside the library
+    assert [w.filename for w in record if issubclass(w.category, PluginWarning)] == [__file__]
+
+
+def test_an_explanation_that_fails_carries_the_exception_get_backend_raises():
+    reg = Registry(entry_points=lambda: [])
+    exp = reg.explain("nosuchkind")
+    assert exp.chosen is None and isinstance(exp.exception, BackendNotFoundError)
+    assert exp.error == str(exp.exception) and exp.exception.kind == "nosuchkind"
+    assert "exception" not in exp.model_dump(mode="json")             # JSON shows the message, not the object
+    with pytest.raises(BackendNotFoundError) as raised:
+        reg.get_backend("nosuchkind")
+    assert str(raised.value) == exp.error and raised.value.installed == ("cpu",)

@@ -59,7 +59,9 @@ def test_get_backend_returns_one_object_per_plugin_and_strictness(reg):
     b = reg.get_backend("metalslow", model_bytes=GiB)
     assert reg.get_backend("metal", model_bytes=40 * GiB) is not b
     assert reg.get_backend("auto", model_bytes=10 * GiB) is b       # the cached object ...
-    assert b.explanation.kind == "auto" and b.explanation.model_bytes == 10 * GiB   # ... with the latest explanation
+    # ... keeps the explanation of the resolution that created it (a later lookup does not rewrite it)
+    assert b.explanation.kind == "metalslow" and b.explanation.model_bytes == GiB
+    assert reg.explain("auto", model_bytes=10 * GiB).chosen == "metalslow"
 
 
 # --- "metal" and other device names ------------------------------------------------------------------
@@ -80,7 +82,7 @@ def test_metal_used_when_asked_even_if_the_model_may_not_fit(reg, caplog):
     with caplog.at_level(logging.WARNING, logger="sapient_core"):
         b = reg.get_backend("metal", model_bytes=20 * GiB)
     assert b.name == "metalfast"
-    assert "device 'metal' was asked for, but a 21474836480-byte model may not fit on 'metalfast'" in caplog.text
+    assert "'metal' resolves to 'metalfast', but a 21474836480-byte model may not fit: 20.00 GiB x 1.5" in caplog.text
 
 
 def test_metal_unavailable_error_carries_each_plugins_reason(fake_site):
@@ -174,7 +176,8 @@ def test_auto_passes_over_unknown_memory_and_too_small_devices_showing_the_arith
     text = str(exp)
     assert " -> metalslow" in text and "15.00 GiB > usable 14.00 GiB" in text and text.endswith("result: 'metalslow'")
     # the decision and the unknown memory are logged
-    assert "auto: 'nomem' passed over: device memory unknown (the fake driver does not report memory)" in caplog.text
+    assert ("resolve 'auto': passed over nomem - the model does not fit device memory unknown (the fake driver "
+            "does not report memory)") in caplog.text
     assert "resolve 'auto' (model_bytes=10737418240) -> 'metalslow'" in caplog.text
 
 
@@ -184,7 +187,7 @@ def test_auto_falls_back_to_cpu_and_never_raises(reg, caplog):
     assert b.name == "cpu"
     cpu = b.explanation.candidates[0]
     assert cpu.chosen and cpu.reason == "no accelerator is available and fits, so the CPU reference"
-    assert "may not fit in RAM either" in caplog.text
+    assert "'auto' resolves to 'cpu', but a 10737418240000-byte model may not fit: 10000.00 GiB x 1.5" in caplog.text
 
 
 def test_auto_with_only_cpu_device_plugins_is_cpu(fake_site):

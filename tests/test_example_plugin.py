@@ -10,7 +10,7 @@ import pytest
 
 from sapient_core.testing import build_cases
 
-from _sapient_venv import EXAMPLE, kit_venv, quickstart_files
+from helpers.venv import EXAMPLE, kit_venv, quickstart_files
 
 EXAMPLE_OPS = ["linear_3d", "rms_norm", "silu"]
 DECLINED = {("linear_3d", "float16"): "float16 input: the example's matmul is float32 only",
@@ -28,7 +28,7 @@ def test_example_is_discovered_through_its_entry_point(venv):
     infos = {i["name"]: i for i in json.loads(proc.stdout)}
     example = infos["example"]
     assert example["status"] == "available" and example["source"] == "entry point"
-    assert example["distribution"] == "sapient-backend-example" and example["version"] == "0.1.0"
+    assert example["distribution"] == "sapient-backend-example" and example["version"] == "0.2.0"
     assert example["target"] == "sapient_backend_example.plugin"
     assert example["implemented_ops"] == EXAMPLE_OPS and example["priority"] == 10
     # installed from a copy, not from this checkout
@@ -44,7 +44,7 @@ def test_check_runs_the_kit_on_the_example(venv):
     assert data["ok"] is True
     reports = {r["backend"]: r for r in data["reports"]}
     ex = reports["example"]
-    assert ex["ok"] and ex["version"] == "0.1.0" and ex["implemented_ops"] == EXAMPLE_OPS
+    assert ex["ok"] and ex["version"] == "0.2.0" and ex["implemented_ops"] == EXAMPLE_OPS
     statuses = {(r["op"], r["case"]): (r["status"], r["reason"]) for r in ex["results"]}
     assert {k: v[1] for k, v in statuses.items() if v[0] == "declined"} == DECLINED
     assert {op for (op, case), (status, _) in statuses.items() if status == "not implemented"} == \
@@ -61,7 +61,7 @@ def test_check_text_output_in_the_venv(venv):
     assert any(line.split()[:4] == ["linear_3d", "example", "float16", "declined"]
                and line.endswith(DECLINED[("linear_3d", "float16")]) for line in lines)
     assert any(line.split()[:5] == ["gqa_attention", "example", "*", "not", "implemented"] for line in lines)
-    assert "example (cpu, 0.1.0): OK - " in proc.stdout and lines[-1] == "result: OK"
+    assert "example (cpu, 0.2.0): OK - " in proc.stdout and lines[-1] == "result: OK"
 
 
 def test_example_runs_its_own_test_suite(venv):
@@ -107,6 +107,7 @@ def test_example_follows_the_contributing_quickstart():
     assert example["project"]["entry-points"]["sapient_core.backends"] == {"example": "sapient_backend_example.plugin"}
     assert example["tool"]["setuptools"]["packages"] == ["sapient_backend_example"]
     plugin = (EXAMPLE / "sapient_backend_example" / "plugin.py").read_text()
-    assert "from sapient_core import HOOK_API_VERSION, OpDeclined, hookimpl" in plugin
+    assert "from sapient_core import OpDeclined, hookimpl" in plugin
+    assert '"api_version": 1,' in plugin                # a literal, as the quickstart teaches
     assert (EXAMPLE / "tests" / "test_conformance.py").read_text().strip().endswith(
         'test_conformance = conformance_tests("example")')

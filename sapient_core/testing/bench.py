@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..hookspecs import OPS
-from ._table import format_table
+from ..reporting import format_table
 
 __all__ = ["BenchSize", "BENCH_SIZES", "DEFAULT_SIZES", "parse_sizes", "bench_args", "BenchResult",
            "BenchReport", "run_bench"]
@@ -277,8 +277,8 @@ def run_bench(names: Iterable[str] | None = None, sizes: Any = DEFAULT_SIZES, *,
                 fn = getattr(be, op)
                 be.reset_stats()
                 med, best, n = _time(fn, args, be.to_numpy, min_time, min_repeats, max_repeats)
-                st = be.stats()["ops"][op]
-                served = "cpu" if st["implemented_by"] != be.name else ("fallback" if st["fallbacks"] else "self")
+                st = be.stats().ops[op]
+                served = "cpu" if st.implemented_by != be.name else ("fallback" if st.fallbacks or st.routed else "self")
                 r = BenchResult(be.name, size.name, op, med, best, n, served)
                 if name == "cpu":
                     baseline = med

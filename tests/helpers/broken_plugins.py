@@ -36,20 +36,21 @@ BROKEN = [
     ("caps-none", plugin_source(caps_expr="None"), PluginValidationError,
      r"backend_capabilities\(\) returned NoneType None, not a dict"),
     ("caps-missing-keys", plugin_source(caps={"api_version": 1, "device": "metal"}), PluginValidationError,
-     r"backend_capabilities\(\) lacks the required key\(s\) available, thread_safe"),
+     r"backend_capabilities\(\) lacks the required key 'available'; backend_capabilities\(\) lacks the "
+     r"required key 'thread_safe'"),
     ("caps-available-str", caps_src(available="yes"), PluginValidationError,
      r"backend_capabilities\(\)\['available'\] must be a bool, got 'yes'"),
     ("caps-thread-safe-int", caps_src(thread_safe=1), PluginValidationError,
      r"backend_capabilities\(\)\['thread_safe'\] must be a bool, got 1"),
-    ("caps-priority-str", caps_src(priority="high"), PluginValidationError, r"priority must be an int, got 'high'"),
-    ("caps-api-version-str", caps_src(api_version="1"), PluginValidationError, r"api_version must be an int, got '1'"),
+    ("caps-priority-str", caps_src(priority="high"), PluginValidationError, r"\['priority'\] must be an int, got 'high' \(str\)"),
+    ("caps-api-version-str", caps_src(api_version="1"), PluginValidationError, r"\['api_version'\] must be an int, got '1' \(str\)"),
     ("caps-device-upper", caps_src(device="Metal"), PluginValidationError,
-     r"device must be a non-empty lowercase name, got 'Metal'"),
+     r"\['device'\] must be a non-empty lowercase device name such as 'cpu', 'metal' or 'cuda', got 'Metal'"),
     ("caps-device-int", caps_src(device=3), PluginValidationError,
      r"backend_capabilities\(\)\['device'\] must be a str, got 3"),
-    ("caps-no-reason", caps_src(available=False), PluginValidationError, r"reports available=False without a reason"),
+    ("caps-no-reason", caps_src(available=False), PluginValidationError, r"available is False, so 'reason' must say why"),
     ("caps-devices-garbage", caps_src(unavailable_devices={"metal": 1}), PluginValidationError,
-     r"unavailable_devices must map device names to reasons, got \{'metal': 1\}"),
+     r"\['unavailable_devices'\]\['metal'\] must be a str, got 1 \(int\)"),
     ("no-caps-hook", HOOK + "@hookimpl\ndef silu(x):\n    return x\n", PluginValidationError,
      r"does not implement backend_capabilities, which every plugin must"),
     ("typo", with_hook("@hookimpl\ndef rms_norn(x, weight, eps):\n    return x\n"), PluginValidationError,
@@ -72,9 +73,12 @@ BROKEN = [
     ("wrapper", with_hook("@hookimpl(wrapper=True)\ndef silu(x):\n    return (yield)\n"), PluginValidationError,
      r"silu is a hook wrapper; sapient_core calls each plugin's implementation directly"),
     ("api-too-old", caps_src(api_version=0), IncompatiblePluginError,
-     r"\(fake-bad 0\.3\) was built for hook API version 0, but sapient-core \S+ speaks version 1\. "
-     r"To remedy this: pip install --upgrade fake-bad"),
-    ("api-too-new", caps_src(api_version=2), IncompatiblePluginError,
-     r"was built for hook API version 2, but sapient-core \S+ speaks version 1\. To remedy this: "
-     r"pip install --upgrade sapient-core"),
+     r"\(fake-bad 0\.3\) was built for hook API version 0, but sapient-core \S+ speaks version 1 \(and "
+     r"accepts 1\)\. To remedy this: pip install --upgrade fake-bad"),
+    ("api-too-new", caps_src(api_version=9), IncompatiblePluginError,
+     r"was built for hook API version 9, but sapient-core \S+ speaks version 1 \(and accepts 1\)\. To remedy "
+     r"this: pip install --upgrade sapient-core"),
+    ("caps-unknown-key", caps_src(priorty=3), PluginValidationError,
+     r"backend_capabilities\(\)\['priorty'\] is not a known key \(the known keys are api_version, device, "
+     r"available, thread_safe, reason, priority, version, unavailable_devices, description\)"),
 ]

@@ -71,7 +71,7 @@ def plugin_source(*, caps: dict | None = None, caps_expr: str | None = None, mem
             + (", 'reason': 'the fake driver does not report memory'}" if memory is None else "}"))
         lines += ["@hookimpl", "def backend_memory():", f"    return {body}", ""]
     for op in ops:
-        args = ", ".join(OPS[op])
+        args = ", ".join(OPS[op].argnames)
         body = (op_body or "CALLS.append({op!r})\n    return _kernels.{op}({args})").format(op=op, args=args)
         lines += ["@hookimpl", f"def {op}({args}):", f"    {body}", ""]
     lines.append(extra)
@@ -180,7 +180,7 @@ def namespace_plugin(caps: dict | None = None, **hooks: Callable) -> Any:
 
 def op_function(op: str, body: Callable[..., Any], argnames: Iterable[str] | None = None) -> Callable:
     """A function named ``op`` with the hook's exact argument names that returns ``body(*args)``."""
-    names = tuple(argnames) if argnames is not None else OPS[op]
+    names = tuple(argnames) if argnames is not None else OPS[op].argnames
     ns: dict[str, Any] = {"body": body}
     exec(f"def {op}({', '.join(names)}):\n    return body({', '.join(names)})\n", ns)  # noqa: S102
     return ns[op]

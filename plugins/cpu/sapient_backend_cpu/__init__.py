@@ -4,4 +4,4 @@
 ``sapient_backend_cpu.plugin`` marks them as hook implementations.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -15,13 +15,10 @@ from . import __version__, kernels
 
 hookimpl = pluggy.HookimplMarker("sapient_core")
 
-HOOK_API_VERSION = 1
-
-
 @hookimpl
 def backend_capabilities():
     return {
-        "api_version": HOOK_API_VERSION,
+        "api_version": 1,               # the hook API these kernels implement: a literal, never imported
         "version": __version__,
         "device": "cpu",
         "available": True,

@@ -9,7 +9,7 @@ breaking discovery.  ``sapient_backend_mlx.kernels`` (which does import MLX) hol
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__", "configure_weight_cache", "clear_weight_cache"]
 

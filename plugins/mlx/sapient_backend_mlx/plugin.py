@@ -16,7 +16,8 @@ from sapient_core import hookimpl
 
 from . import __version__, _runtime
 
-#: The hook API version this plugin is built for (sapient_core refuses it if the core speaks another).
+#: The hook API version this plugin is built for: a literal, so that a core that no longer speaks it
+#: refuses the plugin instead of taking it for its own version.
 HOOK_API_VERSION = 1
 #: Higher than the CPU reference (0): ``auto`` prefers MLX whenever it runs on a GPU and the model fits.
 PRIORITY = 100

@@ -13,7 +13,7 @@ from sapient_core.testing import oracle
 
 
 def cache_stats(backend):
-    return backend.stats()["plugin"]["weight_cache"]
+    return backend.stats().plugin["weight_cache"]
 
 
 def test_a_weight_is_uploaded_once_and_then_served_from_the_cache(mlx, rng):
@@ -32,11 +32,11 @@ def test_a_weight_is_uploaded_once_and_then_served_from_the_cache(mlx, rng):
 def test_activations_are_never_cached(mlx, rng):
     x = rng.standard_normal((1, 2, 16)).astype(np.float32)
     s0 = cache_stats(mlx)
-    t0 = mlx.stats()["plugin"]["transfers"]["activation_uploads"]
+    t0 = mlx.stats().plugin["transfers"]["activation_uploads"]
     for _ in range(3):
         mlx.silu(x)
     assert cache_stats(mlx)["uploads"] == s0["uploads"]
-    assert mlx.stats()["plugin"]["transfers"]["activation_uploads"] - t0 == 3
+    assert mlx.stats().plugin["transfers"]["activation_uploads"] - t0 == 3
 
 
 def test_freed_and_reallocated_weights_never_see_a_stale_upload(mlx, rng):
@@ -115,7 +115,7 @@ def test_float16_weights_are_cached_as_float32(mlx, rng):
 
 
 def test_the_stats_show_the_cache_and_the_transfers(mlx):
-    plugin = mlx.stats()["plugin"]
+    plugin = mlx.stats().plugin
     assert set(plugin["weight_cache"]) >= {"entries", "bytes", "max_bytes", "uploads", "hits", "evictions",
                                            "freed", "uncached"}
     assert set(plugin["transfers"]) >= {"activation_uploads", "device_to_host"}

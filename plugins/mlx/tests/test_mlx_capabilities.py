@@ -125,9 +125,9 @@ def test_cuda_memory_comes_from_the_gpu_never_the_host_ram():
 
 
 def test_cpu_device_memory_falls_back_to_the_system_ram():
-    rep = memory_report("cpu", {"device_name": "x"}, lambda: MemoryInfo(16 * GiB, "/proc/meminfo MemTotal"))
+    rep = memory_report("cpu", {"device_name": "x"}, lambda: MemoryInfo(total_bytes=16 * GiB, source="/proc/meminfo MemTotal"))
     assert rep["total_bytes"] == 16 * GiB and "system RAM is used" in rep["source"]
-    rep = memory_report("cpu", {}, lambda: MemoryInfo(None, "system RAM", "unsupported"))
+    rep = memory_report("cpu", {}, lambda: MemoryInfo(total_bytes=None, source="system RAM", reason="unsupported"))
     assert rep["total_bytes"] is None and rep["reason"] == "unsupported"
 
 
@@ -136,7 +136,7 @@ def test_cpu_device_memory_falls_back_to_the_system_ram():
 def test_the_report_on_this_machine(registry):
     info = {b.name: b for b in registry.list_backends()}["mlx"]
     caps = info.capabilities
-    assert info.status == "available" and caps.version == "0.1.0" and caps.priority == 100
+    assert info.status == "available" and caps.version == "0.2.0" and caps.priority == 100
     assert caps.thread_safe is False
     if mx.metal.is_available():
         assert caps.device == "metal"

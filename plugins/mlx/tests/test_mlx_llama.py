@@ -47,9 +47,9 @@ def test_prefill_and_decode_match_the_cpu_backend_and_the_oracle(mlx, cpu, weigh
         np.testing.assert_allclose(g, w, rtol=0, atol=ATOL, err_msg=f"step {step}")
     assert isinstance(cache[0][0], mx.array)                  # the KV cache stays on the device
     assert cache[0][0].shape == (2, CONFIG.num_key_value_heads, 6 + 3, CONFIG.head_dim)
-    ops = mlx.stats()["ops"]
-    assert all(s["fallbacks"] == 0 for s in ops.values())
-    assert ops["gqa_attention"]["implemented_by"] == "mlx"
+    ops = mlx.stats().ops
+    assert all(s.fallbacks == 0 and s.routed == 0 for s in ops.values())
+    assert ops["gqa_attention"].implemented_by == "mlx"
 
 
 def test_decode_matches_the_oracle_step_by_step(mlx, weights):
@@ -69,10 +69,10 @@ def test_a_decode_step_uploads_no_weight_and_copies_only_the_logits_back(mlx, we
     model = Llama(mlx, CONFIG, weights)
     logits, cache = model(np.array([[1, 2, 3]]))
     logits, cache = model(np.array([[4]]), cache)                 # first step: may upload
-    before = mlx.stats()["plugin"]
+    before = mlx.stats().plugin
     for t in (5, 6, 7):
         logits, cache = model(np.array([[t]]), cache)
-    after = mlx.stats()["plugin"]
+    after = mlx.stats().plugin
     wc0, wc1 = before["weight_cache"], after["weight_cache"]
     assert wc1["uploads"] == wc0["uploads"], "a decode step re-uploaded a weight"
     n_weights = CONFIG.num_hidden_layers * 9 + 2          # 9 per layer, final norm, lm_head (not the embedding)

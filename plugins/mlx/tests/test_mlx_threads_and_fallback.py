@@ -139,9 +139,9 @@ def test_a_declined_input_falls_back_to_the_cpu_reference_with_one_warning(caplo
     np.testing.assert_allclose(backend.to_numpy(y), oracle.apply_rope_positions(x, FAR, 10000.0), atol=1e-5)
     warnings = [r for r in caplog.records if "apply_rope_positions" in r.getMessage()]
     assert len(warnings) <= 1                                     # once per (backend, op, reason) per process
-    st = backend.stats()["ops"]["apply_rope_positions"]
-    assert st["calls"] == 3 and st["fallbacks"] == 3
-    assert any("beyond 2**24" in reason for reason in st["fallback_reasons"])
+    st = backend.stats().ops["apply_rope_positions"]
+    assert st.calls == 3 and st.fallbacks == 3
+    assert any("beyond 2**24" in reason for reason in st.fallback_reasons)
 
 
 def test_strict_mode_raises_instead_of_falling_back(mlx):
@@ -159,4 +159,4 @@ def test_a_kernel_that_raises_falls_back(monkeypatch):
     a = np.full((2, 2), 3.0, np.float32)
     y = backend.mul(a, a)
     np.testing.assert_array_equal(backend.to_numpy(y), np.full((2, 2), 9.0, np.float32))
-    assert backend.stats()["ops"]["mul"]["fallback_reasons"] == {"RuntimeError: simulated MLX failure": 1}
+    assert backend.stats().ops["mul"].fallback_reasons == {"RuntimeError: simulated MLX failure": 1}

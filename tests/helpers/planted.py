@@ -47,9 +47,9 @@ def silu(x):
     "raises": ("every op raises: it would only ever fall back", "".join(
         f'''
 @hookimpl
-def {op}({", ".join(args)}):
+def {op}({", ".join(spec.argnames)}):
     raise RuntimeError("no kernel for {op}")
-''' for op, args in OPS.items())),
+''' for op, spec in OPS.items())),
     "wrongshape": ("linear_3d drops the last output feature", '''
 @hookimpl
 def linear_3d(x, weight):

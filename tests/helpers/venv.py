@@ -3,7 +3,7 @@ backend installed from copies of this checkout (nothing is built inside the sour
 
 The tests that need real installs (entry points read by ``importlib.metadata``, console scripts, the
 pytest11 plugin) share it through :func:`kit_venv`, cached for the session.  Installs use
-``--no-deps --no-build-isolation`` from local copies; only numpy, pluggy, pytest and wheel come from
+``--no-deps --no-build-isolation`` from local copies; only numpy, pluggy, pydantic, pytest and wheel come from
 the package index (pip's cache), which keeps the whole setup around ten seconds.
 """
 
@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "sapient-backend-example"
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist", ".pytest_cache")
 
@@ -79,9 +79,10 @@ def kit_venv() -> Venv:
     venv = Venv(root, src)
     import numpy
     import pluggy
+    import pydantic
     import pytest
     _pip(venv.python, f"numpy=={numpy.__version__}", f"pluggy=={pluggy.__version__}",
-         f"pytest=={pytest.__version__}", "wheel", "setuptools>=64")
+         f"pydantic=={pydantic.__version__}", f"pytest=={pytest.__version__}", "wheel", "setuptools>=64")
     _pip(venv.python, "--no-deps", "--no-build-isolation", str(src / "cpu"), str(src / "core"),
          str(src / "example"))
     return venv
