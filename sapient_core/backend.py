@@ -26,7 +26,7 @@ import numpy as np
 from ._ops import OpMethods
 from .errors import BackendOpError, OpDeclined
 from .hookspecs import OPS, OpSpec
-from .validate import float_dtype_name
+from .validate import float_dtype_name, register_array_type
 
 if TYPE_CHECKING:
     from ._plugin import PluginRecord
@@ -111,11 +111,13 @@ class Backend(OpMethods):
         self._from_numpy_hook: Callable[[Any], Any] | None = hook[0] if hook else None
         self._converts = self._from_numpy_hook is not None or self._to_numpy_hook is not np.asarray
         self._own_type: type | None = None if self._from_numpy_hook is not None else _ndarray
+        self._routes: dict[str, _Route] = {}
+        if self._from_numpy_hook is not None:
+            register_array_type(self._own_array_type())    # its arrays are accepted as inputs from now on
         self._stats_lock = threading.Lock()
         self._fallbacks: dict[str, dict[str, int]] = {}
         self._routed: dict[str, dict[str, int]] = {}
         self.implemented_ops: tuple[str, ...] = tuple(op for op in OPS if op in record.impls)
-        self._routes: dict[str, _Route] = {}
         for spec in OPS.values():
             route = self._build_route(spec, record, reference)
             self._routes[spec.name] = route
@@ -130,6 +132,7 @@ class Backend(OpMethods):
             return _Route(spec.name, self._served_by_reference(spec, ref_impl), trusted=True)
         fn, impl_args = record.impls[spec.name]
         route = _Route(spec.name, _adapt(fn, spec.argnames, impl_args), trusted=False, lock=self._lock)
+        route.array_type = self._own_type or _ndarray
         route.to_numpy = self._to_numpy_unlocked
         route.failed = lambda exc, args: self._fallback(spec, ref_impl, args, exc)
         route.bad_result = lambda y, args: self._check_result(spec, route, ref_impl, y, args)

@@ -23,7 +23,7 @@ import numpy as np
 from .errors import ArgumentError, DTypeError, ShapeError
 from .hookspecs import OPS
 
-__all__ = ["float_dtype_name", "broadcast_shape", "CHECKS"]
+__all__ = ["float_dtype_name", "broadcast_shape", "register_array_type", "is_array", "CHECKS"]
 
 _FLOAT_NAMES = ("float32", "float16", "bfloat16")
 _F32 = np.dtype(np.float32)
@@ -33,6 +33,26 @@ _DTYPE_CACHE: dict[Any, str | None] = {_F32: "float32", np.dtype(np.float16): "f
 #: checked): the fast paths test ``dtype is _F32`` first (NumPy) and this set only for other array types.
 _F32S: set[Any] = {_F32}
 _INT_CACHE: dict[Any, bool] = {}
+_INF = float("inf")
+#: The classes accepted as arrays: NumPy's, and the array type of every backend constructed in this
+#: process (``mx.array`` once an MLX backend exists), registered by :func:`register_array_type`.  An
+#: object that merely has ``.shape`` and ``.dtype`` is not an array: it is refused with the same
+#: DTypeError on every backend, instead of reaching a plugin.
+_ARRAY_TYPES: set[type] = {_ndarray}
+
+
+def register_array_type(cls: type) -> None:
+    """Accept ``cls`` as an array type from now on (called for each backend's own array type)."""
+    _ARRAY_TYPES.add(cls)
+
+
+def is_array(value: Any) -> bool:
+    """Whether ``value`` is an array the ops accept: NumPy (subclasses such as ``numpy.memmap`` too, but
+    not masked arrays, whose mask an op would ignore) or a registered backend array type."""
+    cls = value.__class__
+    if cls in _ARRAY_TYPES:
+        return True
+    return isinstance(value, _ndarray) and not isinstance(value, np.ma.MaskedArray)
 
 
 def float_dtype_name(dtype: Any) -> str | None:
@@ -78,21 +98,35 @@ def _shapes(**arrays: Any) -> dict:
     return {k: (_shape(v) if hasattr(v, "shape") else None) for k, v in arrays.items()}
 
 
+def _astype_remedy(name: str, value: Any) -> str:
+    """How to make ``value`` float32 in its own array library."""
+    root = type(value).__module__.split(".")[0]
+    if isinstance(value, _ndarray):
+        return f"{name}.astype(numpy.float32)"
+    if root == "mlx":
+        return f"{name}.astype(mlx.core.float32)"
+    if root == "torch":
+        return f"{name}.float()"
+    return f"{name} converted to float32 with its own library ({type(value).__module__}.{type(value).__qualname__})"
+
+
 def _bad_type(op: str, name: str, value: Any, **arrays: Any) -> DTypeError:
-    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-        what = f"{name} must be an array (NumPy or the backend's array type), got {type(value).__name__}"
+    if not is_array(value):
+        if isinstance(value, np.ma.MaskedArray):
+            what = (f"{name} is a masked array, whose mask the op would ignore. To remedy this, pass "
+                    f"{name}.filled(...) or numpy.asarray({name})")
+        else:
+            what = f"{name} must be an array (NumPy or the backend's array type), got {type(value).__name__}"
     else:
         what = (f"{name} has dtype {value.dtype}; accepted: float32, float16, bfloat16 (computed in float32)."
-                f" To remedy this, pass {name}.astype(numpy.float32)")
+                f" To remedy this, pass {_astype_remedy(name, value)}")
     return DTypeError(f"{op}: {what} ({_desc(**arrays)})", op=op, shapes=_shapes(**arrays))
 
 
 def _float(op: str, name: str, value: Any, arrays: dict) -> None:
-    try:
-        dt = value.dtype
-        value.shape
-    except AttributeError:
-        raise _bad_type(op, name, value, **arrays) from None
+    if not is_array(value):
+        raise _bad_type(op, name, value, **arrays)
+    dt = value.dtype
     if dt is _F32:
         return
     if float_dtype_name(dt) is None:
@@ -108,6 +142,8 @@ def _real(op: str, name: str, value: Any, *, positive: bool = False, nonneg: boo
         raise DTypeError(f"{op}: {name} must be a real number, got {type(value).__name__} {value!r}", op=op)
     if value != value:
         raise ArgumentError(f"{op}: {name} must not be NaN", op=op, arg=name, value=value)
+    if value in (_INF, -_INF):
+        raise ArgumentError(f"{op}: {name} must be finite, got {value!r}", op=op, arg=name, value=value)
     if positive and not value > 0:
         raise ArgumentError(f"{op}: {name} must be > 0, got {value!r}", op=op, arg=name, value=value)
     if nonneg and not value >= 0:
@@ -140,7 +176,7 @@ def check_linear_3d(x: Any, weight: Any) -> None:
     try:  # fast path: float32 arrays of matching shapes (the common case); anything else is checked fully
         _, _, n = x.shape
         _, m = weight.shape
-        if ((x.dtype is _F32 or x.dtype in _F32S) and (weight.dtype is _F32 or weight.dtype in _F32S)
+        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and (weight.__class__ in _ARRAY_TYPES and (weight.dtype is _F32 or weight.dtype in _F32S))
                 and n == m):
             return
     except (AttributeError, TypeError, ValueError):
@@ -152,8 +188,8 @@ def check_linear_3d_bias(x: Any, weight: Any, bias: Any) -> None:
     try:
         _, _, n = x.shape
         o, m = weight.shape
-        if ((x.dtype is _F32 or x.dtype in _F32S) and (weight.dtype is _F32 or weight.dtype in _F32S)
-                and n == m and (bias is None or ((bias.dtype is _F32 or bias.dtype in _F32S) and bias.shape == (o,)))):
+        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and (weight.__class__ in _ARRAY_TYPES and (weight.dtype is _F32 or weight.dtype in _F32S))
+                and n == m and (bias is None or ((bias.__class__ in _ARRAY_TYPES and (bias.dtype is _F32 or bias.dtype in _F32S)) and bias.shape == (o,)))):
             return
     except (AttributeError, TypeError, ValueError):
         pass
@@ -165,9 +201,9 @@ def check_linear_3d_bias(x: Any, weight: Any, bias: Any) -> None:
 def check_rms_norm(x: Any, weight: Any, eps: Any) -> None:
     try:
         xs = x.shape
-        if ((x.dtype is _F32 or x.dtype in _F32S) and (weight.dtype is _F32 or weight.dtype in _F32S)
+        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and (weight.__class__ in _ARRAY_TYPES and (weight.dtype is _F32 or weight.dtype in _F32S))
                 and xs and weight.shape == xs[-1:]
-                and type(eps) is float and eps >= 0):
+                and type(eps) is float and 0 <= eps < _INF):
             return
     except (AttributeError, TypeError, ValueError):
         pass
@@ -180,17 +216,17 @@ def check_rms_norm(x: Any, weight: Any, eps: Any) -> None:
     if len(weight.shape) != 1 or weight.shape[0] != xs[-1]:
         raise _shape_error("rms_norm", f"weight must have shape ({xs[-1]},) to match x's last dimension",
                            **arrays)
-    if type(eps) is not float or not eps >= 0:
+    if type(eps) is not float or not 0 <= eps < _INF:
         _real("rms_norm", "eps", eps, nonneg=True)
 
 
 def check_layer_norm(x: Any, weight: Any, bias: Any, eps: Any) -> None:
     try:
         xs = x.shape
-        if ((x.dtype is _F32 or x.dtype in _F32S) and (weight.dtype is _F32 or weight.dtype in _F32S)
+        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and (weight.__class__ in _ARRAY_TYPES and (weight.dtype is _F32 or weight.dtype in _F32S))
                 and xs and weight.shape == xs[-1:]
-                and (bias is None or ((bias.dtype is _F32 or bias.dtype in _F32S) and bias.shape == xs[-1:]))
-                and type(eps) is float and eps >= 0):
+                and (bias is None or ((bias.__class__ in _ARRAY_TYPES and (bias.dtype is _F32 or bias.dtype in _F32S)) and bias.shape == xs[-1:]))
+                and type(eps) is float and 0 <= eps < _INF):
             return
     except (AttributeError, TypeError, ValueError):
         pass
@@ -210,7 +246,7 @@ def check_layer_norm(x: Any, weight: Any, bias: Any, eps: Any) -> None:
         if len(bias.shape) != 1 or bias.shape[0] != xs[-1]:
             raise _shape_error("layer_norm", f"bias must have shape ({xs[-1]},) to match x's last dimension",
                                **arrays)
-    if type(eps) is not float or not eps >= 0:
+    if type(eps) is not float or not 0 <= eps < _INF:
         _real("layer_norm", "eps", eps, nonneg=True)
 
 
@@ -218,8 +254,7 @@ def check_layer_norm(x: Any, weight: Any, bias: Any, eps: Any) -> None:
 
 def check_silu(x: Any) -> None:
     try:
-        if x.dtype is _F32 or x.dtype in _F32S:
-            x.shape
+        if x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S):
             return
     except (AttributeError, TypeError, ValueError):
         pass
@@ -228,7 +263,7 @@ def check_silu(x: Any) -> None:
 
 def check_gelu(x: Any, approximate: Any) -> None:
     try:
-        if ((x.dtype is _F32 or x.dtype in _F32S) and type(approximate) is str
+        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and type(approximate) is str
                 and (approximate == "none" or approximate == "tanh")):
             x.shape
             return
@@ -281,7 +316,7 @@ def _check_binary(op: str, a: Any, b: Any) -> None:
 
 def check_add(a: Any, b: Any) -> None:
     try:
-        if ((a.dtype is _F32 or a.dtype in _F32S) and (b.dtype is _F32 or b.dtype in _F32S)
+        if ((a.__class__ in _ARRAY_TYPES and (a.dtype is _F32 or a.dtype in _F32S)) and (b.__class__ in _ARRAY_TYPES and (b.dtype is _F32 or b.dtype in _F32S))
                 and _broadcastable(a.shape, b.shape)):
             return
     except (AttributeError, TypeError, ValueError):
@@ -291,7 +326,7 @@ def check_add(a: Any, b: Any) -> None:
 
 def check_mul(a: Any, b: Any) -> None:
     try:
-        if ((a.dtype is _F32 or a.dtype in _F32S) and (b.dtype is _F32 or b.dtype in _F32S)
+        if ((a.__class__ in _ARRAY_TYPES and (a.dtype is _F32 or a.dtype in _F32S)) and (b.__class__ in _ARRAY_TYPES and (b.dtype is _F32 or b.dtype in _F32S))
                 and _broadcastable(a.shape, b.shape)):
             return
     except (AttributeError, TypeError, ValueError):
@@ -302,7 +337,7 @@ def check_mul(a: Any, b: Any) -> None:
 # --- rope --------------------------------------------------------------------------------------------
 
 def _positions(op: str, x: Any, positions: Any) -> Any:
-    if not hasattr(positions, "dtype") or not hasattr(positions, "shape"):
+    if not is_array(positions):
         if isinstance(positions, (list, tuple, range)):
             positions = np.asarray(positions)
             if positions.size == 0:
@@ -329,10 +364,10 @@ def _check_rope_x(op: str, x: Any) -> None:
 def check_apply_rope_positions(x: Any, positions: Any, base: Any) -> Any:
     try:
         _, _, s, d = x.shape
-        if ((x.dtype is _F32 or x.dtype in _F32S) and not d % 2 and positions.__class__ is _ndarray
+        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and not d % 2 and positions.__class__ is _ndarray
                 and positions.ndim == 1
                 and len(positions) == s and positions.dtype.kind in "iu" and type(base) is float
-                and base > 0):
+                and 0 < base < _INF):
             return positions
     except (AttributeError, TypeError, ValueError):
         pass
@@ -341,7 +376,7 @@ def check_apply_rope_positions(x: Any, positions: Any, base: Any) -> Any:
     if x.shape[3] % 2:
         raise _shape_error(op, f"head size D={x.shape[3]} must be even", x=x)
     positions = _positions(op, x, positions)
-    if type(base) is not float or not base > 0:
+    if type(base) is not float or not 0 < base < _INF:
         _real(op, "base", base, positive=True)
     return positions
 
@@ -349,17 +384,17 @@ def check_apply_rope_positions(x: Any, positions: Any, base: Any) -> Any:
 def check_apply_rope_partial(x: Any, positions: Any, base: Any, rotary_dim: Any) -> Any:
     try:
         _, _, s, d = x.shape
-        if ((x.dtype is _F32 or x.dtype in _F32S) and positions.__class__ is _ndarray
+        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and positions.__class__ is _ndarray
                 and positions.ndim == 1
                 and len(positions) == s and positions.dtype.kind in "iu" and type(base) is float
-                and base > 0 and type(rotary_dim) is int and not rotary_dim % 2 and 2 <= rotary_dim <= d):
+                and 0 < base < _INF and type(rotary_dim) is int and not rotary_dim % 2 and 2 <= rotary_dim <= d):
             return positions
     except (AttributeError, TypeError, ValueError):
         pass
     op = "apply_rope_partial"
     _check_rope_x(op, x)
     positions = _positions(op, x, positions)
-    if type(base) is not float or not base > 0:
+    if type(base) is not float or not 0 < base < _INF:
         _real(op, "base", base, positive=True)
     if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, numbers.Integral):
         raise DTypeError(f"{op}: rotary_dim must be an int, got {type(rotary_dim).__name__} {rotary_dim!r}",
@@ -377,8 +412,8 @@ def check_gqa_attention(q: Any, k: Any, v: Any, n_kv_heads: Any, causal: Any) ->
     try:
         qb, qh, sq, qd = q.shape
         kb, kvh, sk, kd = ks = k.shape
-        if ((q.dtype is _F32 or q.dtype in _F32S) and (k.dtype is _F32 or k.dtype in _F32S)
-                and (v.dtype is _F32 or v.dtype in _F32S) and v.shape == ks and qb == kb
+        if ((q.__class__ in _ARRAY_TYPES and (q.dtype is _F32 or q.dtype in _F32S)) and (k.__class__ in _ARRAY_TYPES and (k.dtype is _F32 or k.dtype in _F32S))
+                and (v.__class__ in _ARRAY_TYPES and (v.dtype is _F32 or v.dtype in _F32S)) and v.shape == ks and qb == kb
                 and qd == kd and n_kv_heads == kvh and type(n_kv_heads) is int and kvh > 0
                 and not qh % kvh and sk > 0 and (causal is False or (causal is True and sq <= sk))):
             return
@@ -436,7 +471,7 @@ def check_logits_from_hidden(hidden: Any, lm_head: Any) -> None:
     try:
         _, s, h = hidden.shape
         _, m = lm_head.shape
-        if ((hidden.dtype is _F32 or hidden.dtype in _F32S) and (lm_head.dtype is _F32 or lm_head.dtype in _F32S)
+        if ((hidden.__class__ in _ARRAY_TYPES and (hidden.dtype is _F32 or hidden.dtype in _F32S)) and (lm_head.__class__ in _ARRAY_TYPES and (lm_head.dtype is _F32 or lm_head.dtype in _F32S))
                 and h == m and s > 0):
             return
     except (AttributeError, TypeError, ValueError):
@@ -448,7 +483,7 @@ def check_all_logits_from_hidden(hidden: Any, lm_head: Any) -> None:
     try:
         _, _, h = hidden.shape
         _, m = lm_head.shape
-        if ((hidden.dtype is _F32 or hidden.dtype in _F32S) and (lm_head.dtype is _F32 or lm_head.dtype in _F32S)
+        if ((hidden.__class__ in _ARRAY_TYPES and (hidden.dtype is _F32 or hidden.dtype in _F32S)) and (lm_head.__class__ in _ARRAY_TYPES and (lm_head.dtype is _F32 or lm_head.dtype in _F32S))
                 and h == m):
             return
     except (AttributeError, TypeError, ValueError):

@@ -519,8 +519,9 @@ class Foreign(Boxed):
 
 
 @pytest.mark.parametrize("repeat", [1, 2])   # the second round takes the fast path (dtype seen before)
-def test_other_array_types_are_classified_by_dtype_name(repeat):
+def test_other_array_types_are_classified_by_dtype_name(repeat, monkeypatch):
     from sapient_core import validate
+    monkeypatch.setattr(validate, "_ARRAY_TYPES", validate._ARRAY_TYPES | {Foreign})   # as a backend registers it
     x, w, eps = valid_args("rms_norm")
     for _ in range(repeat):
         validate.check_rms_norm(Foreign(x), Foreign(w), eps)
@@ -532,3 +533,40 @@ def test_other_array_types_are_classified_by_dtype_name(repeat):
         with pytest.raises(ShapeError, match=r"^rms_norm: weight must have shape \(8,\)"):
             validate.check_rms_norm(Foreign(x), Foreign(w[:4]), eps)
     assert ForeignDtype("float32") in validate._F32S and ForeignDtype("float16") not in validate._F32S
+
+
+def test_only_real_arrays_are_accepted_the_same_way_on_every_backend():
+    """An object with .shape and .dtype is not an array unless a backend's own type; masked arrays are refused
+    (their mask would be ignored); numpy.memmap (weights loaded with mmap_mode) is accepted."""
+    x, w, eps = valid_args("rms_norm")
+    cpu = Registry(entry_points=lambda: []).get_backend("cpu")
+    plugin = delegating_plugin()
+    fake = backend_of(plugin)
+    for b in (cpu, fake):
+        with pytest.raises(DTypeError, match=r"^rms_norm: x must be an array \(NumPy or the backend's array type\), "
+                                             r"got Foreign \(x \(2, 3, 8\), weight \(8,\)\)$"):
+            b.rms_norm(Foreign(x), w, eps)
+        with pytest.raises(DTypeError, match=r"^rms_norm: x is a masked array, whose mask the op would ignore"):
+            b.rms_norm(np.ma.masked_array(x), w, eps)
+    assert plugin.calls == [] and fake.stats().ops["rms_norm"].calls == 0
+
+
+def test_memmap_weights_are_arrays(tmp_path):
+    x, w, eps = valid_args("rms_norm")
+    np.save(tmp_path / "w.npy", w)
+    mm = np.load(tmp_path / "w.npy", mmap_mode="r")
+    assert type(mm) is np.memmap
+    assert_same(Registry(entry_points=lambda: []).get_backend("cpu").rms_norm(x, mm, eps), kernels.rms_norm(x, w, eps))
+
+
+@pytest.mark.parametrize("value, message", [(float("inf"), "must be finite, got inf"),
+                                            (float("-inf"), "must be finite, got -inf"),
+                                            (float("nan"), "must not be NaN")])
+def test_non_finite_scalars_are_refused(value, message):
+    b = Registry(entry_points=lambda: []).get_backend("cpu")
+    x4 = valid_args("apply_rope_positions")[0]
+    with pytest.raises(ArgumentError, match=rf"^apply_rope_positions: base {message}$") as exc:
+        b.apply_rope_positions(x4, [0, 1, 2], value)
+    assert (exc.value.op, exc.value.arg) == ("apply_rope_positions", "base")
+    with pytest.raises(ArgumentError, match=rf"^rms_norm: eps {message}$"):
+        b.rms_norm(*valid_args("rms_norm")[:2], value)
