@@ -81,8 +81,8 @@ rotary modules).  Where 4.x and 5.x differ, this module follows 5.x unless said 
     int64 tensor, so the new base is computed in float32, and so it is here.  The module itself keeps
     the largest frequencies it has grown to until a forward shorter than ``max_position_embeddings``
     resets it; an engine that wants that history passes the largest ``seq_len`` so far.
-11. **yarn.** ``truncate`` (added with gpt-oss, 4.55) defaults to True and is read from the selected
-    dict (5.x reads it from the top-level ``rope_parameters``, which for a per-layer config is the
+11. **yarn.** ``truncate`` (added to transformers for gpt-oss, whose config sets it to False; before
+    it, the range was always truncated) defaults to True and is read from the selected dict (5.x reads it from the top-level ``rope_parameters``, which for a per-layer config is the
     outer dict, so a per-layer ``truncate: False`` would be lost).  ``beta_fast``/``beta_slow`` default
     to 32/1 when missing, None or 0 (transformers' ``or``); ``mscale`` and ``mscale_all_dim`` are used
     only when both are non-zero (``mscale and mscale_all_dim``), else ``0.1 * ln(factor) + 1``; an
@@ -101,7 +101,9 @@ rotary modules).  Where 4.x and 5.x differ, this module follows 5.x unless said 
     required.  A flat dict applies to every layer type (5.x duplicates it), except in the 4.x Gemma 3
     form: with ``layer_type="sliding_attention"`` and a top-level ``rope_local_base_freq``, the sliding
     layers use ``default`` RoPE with that base (what 4.x's Gemma 3 model and 5.x's Gemma 3 config
-    conversion do).  A per-layer entry of None (a layer without RoPE) is a ``ValueError``.  When the
+    conversion do); a Gemma 3 dict (``model_type`` starting with ``gemma3``) without that key is a
+    ``ValueError`` for the sliding layers rather than a guess of the class default (as for
+    ``rope_theta``).  A per-layer entry of None (a layer without RoPE) is a ``ValueError``.  When the
     config lists ``layer_types``, a ``layer_type`` not among them is a ``ValueError``.
 """
 
@@ -357,6 +359,12 @@ def _select(cfg: Mapping, layer_type: str | None) -> tuple[dict, str, bool]:
         if prf is not None:
             rope["partial_rotary_factor"] = prf
         return rope, "config (rope_local_base_freq, for 'sliding_attention')", False
+    model_type = _present(cfg, "model_type")
+    if layer_type == "sliding_attention" and isinstance(model_type, str) and model_type.startswith("gemma3"):
+        raise ValueError(f"rope_parameters: this {model_type!r} config gives one set of RoPE parameters "
+                         f"({where}) and no 'rope_local_base_freq', the base of its sliding layers; "
+                         f"expected 'rope_local_base_freq' (Gemma 3: 10000.0) or per-layer "
+                         f"'rope_parameters' (transformers 5.x)")
     return dict(source), where, False
 
 

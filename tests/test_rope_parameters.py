@@ -485,10 +485,9 @@ def test_partial_rotary_factor_inside_the_rope_dict_wins():
 def test_layer_type_with_a_flat_config_applies_to_every_layer():
     raw = CASES["llama2_linear"]["raw"]
     assert rope_parameters(raw, layer_type="full_attention") == rope_parameters(raw)
-    # 4.x Gemma 3 without a local base: sliding layers share the global parameters.
-    cfg = dict(CASES["gemma3_4b_linear"]["raw"])
-    del cfg["rope_local_base_freq"]
-    assert rope_parameters(cfg, layer_type="sliding_attention").rope_type == "linear"
+    cfg = dict(CASES["gemma3_4b_linear"]["raw"])   # Gemma 3's local base is only for sliding layers
+    assert rope_parameters(cfg, layer_type="chunked_attention") == rope_parameters(cfg)
+    assert rope_parameters(cfg).rope_type == "linear"
 
 
 def test_accepts_an_object_with_to_dict():
@@ -616,6 +615,11 @@ ERRORS = [
      {"layer_type": "chunked"},
      r"layer_type='chunked' is not among config\['layer_types'\] \('full_attention', 'sliding_attention'\)"),
     ("layer_type int", LLAMA, {"layer_type": 3}, r"layer_type=3; expected None or a layer type name"),
+    ("gemma3 without local base",
+     {k: v for k, v in CASES["gemma3_4b_linear"]["transformers"]["4"]["config"].items()
+      if k not in ("rope_local_base_freq", "layer_types")}, {"layer_type": "sliding_attention"},
+     r"this 'gemma3_text' config gives one set of RoPE parameters \(config\['rope_scaling'\]\) and no "
+     r"'rope_local_base_freq', the base of its sliding layers"),
     ("nested entry error names the entry",
      {"head_dim": 256, "layer_types": ["full_attention"],
       "rope_parameters": {"full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 0}}},
