@@ -735,8 +735,8 @@ def test_rope_module_imports_only_numpy_and_the_standard_library():
             assert node.level == 0, "rope.py must not import from sapient_core"
             roots.add(node.module.split(".")[0])
     assert roots - set(sys.stdlib_module_names) == {"numpy"}
-    # And at run time: importing it after the package adds numpy and the standard library only.
-    code = ("import sys, sapient_core; before = set(sys.modules); import sapient_core.rope; "
+    # And at run time: after the package and NumPy, importing it adds standard-library modules only.
+    code = ("import sys, numpy, sapient_core; before = set(sys.modules); import sapient_core.rope; "
             "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
             "print(sorted(new - set(sys.stdlib_module_names) - {'numpy', 'sapient_core'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
