@@ -30,8 +30,9 @@ rounded once to float32 (correctly rounded); torch's CPU kernel (SLEEF ``powf``,
 CUDA kernel may differ from that, and from each other, by one unit in the last place.  The golden
 fixture ``tests/fixtures/rope_golden.json`` holds what transformers itself returned; the tests bound
 the difference (see ``tests/test_rope_parameters.py``).  Scalars that transformers computes in Python
-(the YaRN correction range and ``mscale``, the longrope attention factor, the dynamic-NTK base when no
-``seq_len`` is given) are computed here in Python floats, in the same order.
+(the YaRN correction range and ``mscale``, the longrope attention factor, the dynamic-NTK base up to
+``max_position_embeddings``) are computed here in Python floats, in the same order.  With torch's own
+``pow`` results substituted (the fixture records them), every golden config is reproduced bit for bit.
 
 Decisions (where transformers' versions disagree, or its source leaves a case open)
 ----------------------------------------------------------------------------------
@@ -43,8 +44,10 @@ rotary modules).  Where 4.x and 5.x differ, this module follows 5.x unless said 
 2. **Which dict.** ``rope_parameters`` (5.x) if it is set, else ``rope_scaling`` (4.x), else none
    (type ``default``).  If both are set and differ, that is a ``ValueError`` (transformers 5.x lets
    ``rope_scaling`` win silently; a dict with both is hand-edited and ambiguous).
-3. **rope_type.** ``rope_type``, else the legacy ``type``, else ``"default"`` (as 5.x standardises).  The
-   Phi-3 legacy name ``"su"`` is read as ``"longrope"`` (transformers' Phi-3 config does this rename).
+3. **rope_type.** ``rope_type``, else the legacy ``type``, else ``"default"`` (as 5.x standardises); if
+   both are set, ``rope_type`` wins.  The Phi-3 legacy name ``"su"`` is read as ``"longrope"``, as 4.x's
+   Phi-3 config renames it (5.x renames it too late and then refuses the config for want of
+   ``original_max_position_embeddings``).
    Phi-3's other rename (a ``"yarn"`` dict with ``short_factor``/``long_factor`` read as longrope) is
    *not* applied: ``yarn`` is always YaRN.
 4. **rope_theta.** From the rope dict, else the top level.  Missing is a ``ValueError``: transformers
@@ -64,8 +67,10 @@ rotary modules).  Where 4.x and 5.x differ, this module follows 5.x unless said 
 7. **original_max_position_embeddings** (llama3, yarn, longrope), flat dicts: the top-level key wins
    over the rope dict's (5.x: Phi-3 keeps the pretraining length at the top level), else the rope
    dict's, else ``max_position_embeddings``.  4.x's yarn ignored the top-level key, and 4.x's longrope
-   ignored the rope dict's; both agree with this rule on every released checkpoint's config.  Per-layer
-   (nested) dicts: the entry's own key, else ``max_position_embeddings`` (5.x).
+   ignored the rope dict's (it used the top-level key, else ``max_position_embeddings``): the versions
+   differ when only the rope dict gives it for longrope (fixture case ``llama_longrope_explicit``) or
+   when both places give different values.  Per-layer (nested) dicts: the entry's own key, else
+   ``max_position_embeddings`` (5.x).
 8. **longrope factor.** The rope dict's ``factor`` if set, else ``max_position_embeddings /
    original_max_position_embeddings`` (5.x).  4.x replaced an explicit ``factor`` by that ratio whenever
    a top-level ``original_max_position_embeddings`` existed; the two differ only for a config that sets
@@ -78,12 +83,15 @@ rotary modules).  Where 4.x and 5.x differ, this module follows 5.x unless said 
     ``seq_len`` None or ``<= max_position_embeddings`` they are the ``default`` ones (computed through
     the same Python-float expression transformers uses at init).  Above, they are what the rotary
     module computes when a forward's max position + 1 is ``seq_len``: it passes ``seq_len`` as an
-    int64 tensor, so the new base is computed in float32, and so it is here.  The module itself keeps
-    the largest frequencies it has grown to until a forward shorter than ``max_position_embeddings``
-    resets it; an engine that wants that history passes the largest ``seq_len`` so far.
+    int64 tensor, so the new base is computed in float32, and so it is here (transformers' init
+    function called with a Python int computes it in float64; fixture case ``llama2_dynamic`` at 4118
+    shows the two differ).  The module itself keeps the largest frequencies it has grown to until a
+    forward strictly shorter than ``max_position_embeddings`` resets it; an engine that wants that
+    history passes the largest ``seq_len`` since the last such forward.
 11. **yarn.** ``truncate`` (added to transformers for gpt-oss, whose config sets it to False; before
-    it, the range was always truncated) defaults to True and is read from the selected dict (5.x reads it from the top-level ``rope_parameters``, which for a per-layer config is the
-    outer dict, so a per-layer ``truncate: False`` would be lost).  ``beta_fast``/``beta_slow`` default
+    it, the range was always truncated) defaults to True and is read from the selected dict (5.x reads
+    it from the top-level ``rope_parameters``, which for a per-layer config is the outer dict, so a
+    per-layer ``truncate: False`` would be lost).  ``beta_fast``/``beta_slow`` default
     to 32/1 when missing, None or 0 (transformers' ``or``); ``mscale`` and ``mscale_all_dim`` are used
     only when both are non-zero (``mscale and mscale_all_dim``), else ``0.1 * ln(factor) + 1``; an
     explicit ``attention_factor`` wins.  ``factor`` None means ``max_position_embeddings /
