@@ -318,7 +318,7 @@ def _is_nested(rope: Mapping, layer_types: Any) -> bool:
 
 
 def _select(cfg: Mapping, layer_type: str | None) -> tuple[dict, str, bool]:
-    """The rope dict for ``layer_type``, merged with the top-level keys it falls back to.
+    """The rope dict that applies to ``layer_type`` (a copy; top-level fallbacks are read by _Reader).
 
     Returns (dict, where it came from for messages, whether it was one entry of a per-layer dict).
     """
