@@ -12,7 +12,8 @@ Modules: :mod:`.hookspecs` (the contract with plugins: one declaration per op), 
 (finding and loading plugins), :mod:`.resolution` (what a kind resolves to), :mod:`.backend` (the
 object ``get_backend`` returns), :mod:`.validate` (input checks), :mod:`.models` (the reports, as
 pydantic models), :mod:`.memory` (the fit rule), :mod:`.errors`, :mod:`.reporting` (text tables),
-:mod:`.cli` (``sapient-backends``), :mod:`.testing` (the conformance kit).
+:mod:`.cli` (``sapient-backends``), :mod:`.rope` (``rope_parameters``: RoPE frequencies of a
+transformers config), :mod:`.testing` (the conformance kit).
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ if TYPE_CHECKING:
     from .models import (BackendInfo, Candidate, Capabilities, CapabilityReport, Explanation, MemoryInfo, OpStats,
                          Stats)
     from .registry import Registry
+    from .rope import RopeParameters, rope_parameters
 
 __all__ = [
     "__version__", "HOOK_API_VERSION", "SUPPORTED_API_VERSIONS", "hookimpl",
     "get_backend", "list_backends", "explain", "register_backend", "unregister_backend", "refresh",
-    "default_registry",
+    "default_registry", "rope_parameters",
     # types
     "Backend", "Registry", "BackendInfo", "Candidate", "Explanation", "Capabilities", "CapabilityReport",
-    "MemoryInfo", "FitPolicy", "FitDecision", "Stats", "OpStats", "OpSpec", "Arg", "OPS",
+    "MemoryInfo", "FitPolicy", "FitDecision", "Stats", "OpStats", "OpSpec", "Arg", "OPS", "RopeParameters",
     # errors and warnings
     "SapientError", "BackendNotFoundError", "BackendUnavailableError", "PluginLoadError",
     "PluginValidationError", "IncompatiblePluginError", "ShapeError", "DTypeError", "ArgumentError", "OpDeclined",
@@ -54,6 +56,7 @@ _LAZY = {
     "BackendInfo": "models", "Candidate": "models", "Explanation": "models", "Capabilities": "models",
     "CapabilityReport": "models", "MemoryInfo": "models", "Stats": "models", "OpStats": "models",
     "FitPolicy": "memory", "FitDecision": "memory",
+    "rope_parameters": "rope", "RopeParameters": "rope",
 }
 
 
@@ -81,6 +84,7 @@ def default_registry() -> "Registry":
         with _registry_lock:
             if _registry is None:
                 from .registry import Registry
+    from .rope import RopeParameters, rope_parameters
                 _registry = Registry()
     return _registry
 
