@@ -84,7 +84,6 @@ def default_registry() -> "Registry":
         with _registry_lock:
             if _registry is None:
                 from .registry import Registry
-    from .rope import RopeParameters, rope_parameters
                 _registry = Registry()
     return _registry
 
