@@ -83,7 +83,11 @@ def _signature(spec: OpSpec) -> str:
             text += f" = {a.default!r}"
         params.append(text)
     result = "numpy.typing.NDArray[numpy.float32]" if spec.numpy_result else "Array"
-    return f"    def {spec.name}({', '.join(params)}) -> {result}:"
+    line = f"    def {spec.name}({', '.join(params)}) -> {result}:"
+    if len(line) <= 110:
+        return line
+    inner = "".join(f"        {p},\n" for p in params)
+    return f"    def {spec.name}(\n{inner}    ) -> {result}:"
 
 
 def _docstring(spec: OpSpec) -> list[str]:

@@ -17,8 +17,10 @@ from .validate import broadcast_shape as _broadcast
 from .validate import (
     check_add,
     check_all_logits_from_hidden,
+    check_apply_rope,
     check_apply_rope_partial,
     check_apply_rope_positions,
+    check_embedding,
     check_gelu,
     check_gqa_attention,
     check_layer_norm,
@@ -59,9 +61,11 @@ class OpMethods:
     _r_mul: _Route
     _r_apply_rope_positions: _Route
     _r_apply_rope_partial: _Route
+    _r_apply_rope: _Route
     _r_gqa_attention: _Route
     _r_logits_from_hidden: _Route
     _r_all_logits_from_hidden: _Route
+    _r_embedding: _Route
 
     def linear_3d(self, x: Array, weight: Array) -> Array:
         """Return ``x @ weight.T``.
@@ -285,8 +289,9 @@ class OpMethods:
         ``rotate_half(x) = concat(-x[..., D/2:], x[..., :D/2])``.
 
         :param x: (B, H, S, D) float32, D even.
-        :param positions: (S,) integer array (NumPy or the backend's type): the position of each row;
-            need not be contiguous or sorted.
+        :param positions: (S,) or (B, S) integer array (NumPy or the backend's type): the position of each
+            row, the same for every batch row or one row of positions per batch row (left-padded batches;
+            hook API 2); need not be contiguous or sorted.
         :param base: float > 0 (e.g. 10000.0).
         :returns: (B, H, S, D) float32.
         """
@@ -315,7 +320,7 @@ class OpMethods:
         As :func:`apply_rope_positions` with D replaced by ``rotary_dim`` in ``inv_freq`` and in the halves.
 
         :param x: (B, H, S, D) float32.
-        :param positions: (S,) integer array.
+        :param positions: (S,) or (B, S) integer array, as for :func:`apply_rope_positions`.
         :param base: float > 0.
         :param rotary_dim: int, even, 2 <= rotary_dim <= D.
         :returns: (B, H, S, D) float32.
@@ -339,97 +344,202 @@ class OpMethods:
             return y
         return r.bad_result(y, (x, positions, base, rotary_dim))
 
-    def gqa_attention(self, q: Array, k: Array, v: Array, n_kv_heads: int, causal: bool) -> Array:
-        """Return grouped-query scaled dot-product attention ``softmax(q k^T / sqrt(d)) v``.
+    def apply_rope(
+        self,
+        x: Array,
+        positions: Positions,
+        inv_freq: Array,
+        attention_scaling: float = 1.0,
+    ) -> Array:
+        """Apply rotate-half RoPE with the given inverse frequencies (Llama 3, YaRN, longrope, Phi-3 ...).
+
+        ``angle[s, i] = positions[s] * inv_freq[i]``; over the first ``R = 2 * len(inv_freq)`` channels,
+        ``out = x * cos + rotate_half(x) * sin`` with cos and sin multiplied by ``attention_scaling``
+        (YaRN's and longrope's attention factor); channels R .. D are copied.  ``apply_rope_positions``
+        and ``apply_rope_partial`` are this op with ``inv_freq = base ** (-2i / R)`` and a scaling of 1.
+        ``sapient_core.rope_parameters(config)`` gives ``inv_freq`` and ``attention_scaling`` for a
+        transformers config.
+
+        :param x: (B, H, S, D) float32.
+        :param positions: (S,) or (B, S) integer array, as for :func:`apply_rope_positions`.
+        :param inv_freq: (R/2,) float32 (NumPy or the backend's type), 1 <= R/2 <= D/2.
+        :param attention_scaling: float, finite and > 0 (1.0: no scaling).
+        :returns: (B, H, S, D) float32.
+        """
+        positions = check_apply_rope(x, positions, inv_freq, attention_scaling)
+        r = self._r_apply_rope
+        r.calls += 1
+        if r.trusted:
+            return r.impl(x, positions, inv_freq, attention_scaling)
+        if r.divert is not None:
+            return r.divert((x, positions, inv_freq, attention_scaling))
+        try:
+            if r.lock is None:
+                y = r.impl(x, positions, inv_freq, attention_scaling)
+            else:
+                with r.lock:
+                    y = r.impl(x, positions, inv_freq, attention_scaling)
+        except Exception as exc:
+            return r.failed(exc, (x, positions, inv_freq, attention_scaling))
+        if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == x.shape:
+            return y
+        return r.bad_result(y, (x, positions, inv_freq, attention_scaling))
+
+    def gqa_attention(
+        self,
+        q: Array,
+        k: Array,
+        v: Array,
+        n_kv_heads: int,
+        causal: bool,
+        scale: float | None = None,
+        sliding_window: int | None = None,
+        softcap: float | None = None,
+        kv_mask: Array | None = None,
+    ) -> Array:
+        """Return grouped-query attention ``softmax(mask(softcap(scale * q k^T))) v``.
 
         Key/value head j serves query heads ``j*H/KV ... (j+1)*H/KV - 1`` (Hugging Face ``repeat_kv``
-        order).  With ``causal``, query i sees keys ``<= i + (Sk - Sq)`` (the KV-cache offset).
+        order).  The scores are ``q k^T * scale`` (``scale`` None: ``1/sqrt(d)``; Gemma:
+        ``query_pre_attn_scalar ** -0.5``), then, with ``softcap`` c, ``c * tanh(scores / c)`` (Gemma 2),
+        then masked: with ``causal``, the query at absolute position ``p = i + (Sk - Sq)`` (the KV-cache
+        offset) sees keys ``j <= p``, and with ``sliding_window`` W only keys ``p - W < j <= p``
+        (Mistral, Gemma 2/3); keys where ``kv_mask`` is False (padding) are never seen.  A query row that
+        sees no key gives zeros, never NaN.
 
         :param q: (B, H, Sq, d) float32.
         :param k: (B, KV, Sk, d) float32.
         :param v: (B, KV, Sk, d) float32.
         :param n_kv_heads: KV; H is divisible by it.
         :param causal: bool; when True, Sq <= Sk.
+        :param scale: float or None: multiplies ``q k^T``; None means ``1/sqrt(d)`` (hook API 2).
+        :param sliding_window: int W >= 1 or None; only with ``causal`` (hook API 2).
+        :param softcap: float c > 0 or None: ``scores = c * tanh(scores / c)`` after scaling, before
+            masking (hook API 2).
+        :param kv_mask: (B, Sk) bool array or None: False marks keys never to attend (hook API 2).
         :returns: (B, H, Sq, d) float32.
         """
-        check_gqa_attention(q, k, v, n_kv_heads, causal)
+        check_gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask)
         r = self._r_gqa_attention
         r.calls += 1
         if r.trusted:
-            return r.impl(q, k, v, n_kv_heads, causal)
+            return r.impl(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask)
         if r.divert is not None:
-            return r.divert((q, k, v, n_kv_heads, causal))
+            return r.divert((q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask))
         try:
             if r.lock is None:
-                y = r.impl(q, k, v, n_kv_heads, causal)
+                y = r.impl(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask)
             else:
                 with r.lock:
-                    y = r.impl(q, k, v, n_kv_heads, causal)
+                    y = r.impl(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask)
         except Exception as exc:
-            return r.failed(exc, (q, k, v, n_kv_heads, causal))
+            return r.failed(exc, (q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask))
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == q.shape:
             return y
-        return r.bad_result(y, (q, k, v, n_kv_heads, causal))
+        return r.bad_result(y, (q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask))
 
-    def logits_from_hidden(self, hidden: Array, lm_head: Array) -> numpy.typing.NDArray[numpy.float32]:
-        """Return the logits of the last position: ``hidden[:, -1] @ lm_head.T``.
+    def logits_from_hidden(
+        self,
+        hidden: Array,
+        lm_head: Array,
+        softcap: float | None = None,
+    ) -> numpy.typing.NDArray[numpy.float32]:
+        """Return the logits of the last position: ``hidden[:, -1] @ lm_head.T``, soft-capped if asked.
 
         :param hidden: (B, S, h) float32, S >= 1.
         :param lm_head: (vocab, h) float32.
+        :param softcap: float c > 0 or None: ``logits = c * tanh(logits / c)`` (Gemma 2's
+            ``final_logit_softcapping``; hook API 2).
         :returns: (B, vocab) float32 **NumPy** array.
         """
-        check_logits_from_hidden(hidden, lm_head)
+        check_logits_from_hidden(hidden, lm_head, softcap)
         r = self._r_logits_from_hidden
         r.calls += 1
         if r.trusted:
-            return r.impl(hidden, lm_head)
+            return r.impl(hidden, lm_head, softcap)
         if r.divert is not None:
-            return r.divert((hidden, lm_head))
+            return r.divert((hidden, lm_head, softcap))
         try:
             if r.lock is None:
-                y = r.impl(hidden, lm_head)
+                y = r.impl(hidden, lm_head, softcap)
                 if y.__class__ is not _ndarray:
                     y = r.to_numpy(y)
             else:
                 with r.lock:
-                    y = r.impl(hidden, lm_head)
+                    y = r.impl(hidden, lm_head, softcap)
                     if y.__class__ is not _ndarray:
                         y = r.to_numpy(y)
         except Exception as exc:
-            return r.failed(exc, (hidden, lm_head))
+            return r.failed(exc, (hidden, lm_head, softcap))
         if y.__class__ is _ndarray and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == (hidden.shape[0], lm_head.shape[0]):
             return y
-        return r.bad_result(y, (hidden, lm_head))
+        return r.bad_result(y, (hidden, lm_head, softcap))
 
-    def all_logits_from_hidden(self, hidden: Array, lm_head: Array) -> numpy.typing.NDArray[numpy.float32]:
-        """Return the logits of every position: ``hidden @ lm_head.T``.
+    def all_logits_from_hidden(
+        self,
+        hidden: Array,
+        lm_head: Array,
+        softcap: float | None = None,
+    ) -> numpy.typing.NDArray[numpy.float32]:
+        """Return the logits of every position: ``hidden @ lm_head.T``, soft-capped if asked.
 
         :param hidden: (B, S, h) float32.
         :param lm_head: (vocab, h) float32.
+        :param softcap: float c > 0 or None, as for :func:`logits_from_hidden` (hook API 2).
         :returns: (B, S, vocab) float32 **NumPy** array.
         """
-        check_all_logits_from_hidden(hidden, lm_head)
+        check_all_logits_from_hidden(hidden, lm_head, softcap)
         r = self._r_all_logits_from_hidden
         r.calls += 1
         if r.trusted:
-            return r.impl(hidden, lm_head)
+            return r.impl(hidden, lm_head, softcap)
         if r.divert is not None:
-            return r.divert((hidden, lm_head))
+            return r.divert((hidden, lm_head, softcap))
         try:
             if r.lock is None:
-                y = r.impl(hidden, lm_head)
+                y = r.impl(hidden, lm_head, softcap)
                 if y.__class__ is not _ndarray:
                     y = r.to_numpy(y)
             else:
                 with r.lock:
-                    y = r.impl(hidden, lm_head)
+                    y = r.impl(hidden, lm_head, softcap)
                     if y.__class__ is not _ndarray:
                         y = r.to_numpy(y)
         except Exception as exc:
-            return r.failed(exc, (hidden, lm_head))
+            return r.failed(exc, (hidden, lm_head, softcap))
         if y.__class__ is _ndarray and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == (hidden.shape[0], hidden.shape[1], lm_head.shape[0]):
             return y
-        return r.bad_result(y, (hidden, lm_head))
+        return r.bad_result(y, (hidden, lm_head, softcap))
+
+    def embedding(self, ids: Array, table: Array) -> Array:
+        """Return the rows of ``table`` at ``ids``: ``table[ids]``, as float32 in the backend's type.
+
+        A device backend keeps ``table`` on the device (like a weight), so a decode step uploads only the
+        token ids.
+
+        :param ids: (B, S) integer array (NumPy or the backend's type), every id in [0, V) (checked by the
+            core).
+        :param table: (V, D) float32 (float16 / bfloat16 accepted).
+        :returns: (B, S, D) float32.
+        """
+        check_embedding(ids, table)
+        r = self._r_embedding
+        r.calls += 1
+        if r.trusted:
+            return r.impl(ids, table)
+        if r.divert is not None:
+            return r.divert((ids, table))
+        try:
+            if r.lock is None:
+                y = r.impl(ids, table)
+            else:
+                with r.lock:
+                    y = r.impl(ids, table)
+        except Exception as exc:
+            return r.failed(exc, (ids, table))
+        if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == (ids.shape[0], ids.shape[1], table.shape[1]):
+            return y
+        return r.bad_result(y, (ids, table))
 
 
 # The result shape of each op, as a function of its arguments (OpSpec.result_shape), for the slow
@@ -475,13 +585,21 @@ def _shape_apply_rope_partial(x, positions, base, rotary_dim):
     return x.shape
 
 
-def _shape_gqa_attention(q, k, v, n_kv_heads, causal):
+def _shape_apply_rope(x, positions, inv_freq, attention_scaling):
+    return x.shape
+
+
+def _shape_gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask):
     return q.shape
 
 
-def _shape_logits_from_hidden(hidden, lm_head):
+def _shape_logits_from_hidden(hidden, lm_head, softcap):
     return (hidden.shape[0], lm_head.shape[0])
 
 
-def _shape_all_logits_from_hidden(hidden, lm_head):
+def _shape_all_logits_from_hidden(hidden, lm_head, softcap):
     return (hidden.shape[0], hidden.shape[1], lm_head.shape[0])
+
+
+def _shape_embedding(ids, table):
+    return (ids.shape[0], ids.shape[1], table.shape[1])

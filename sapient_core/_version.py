@@ -5,8 +5,8 @@ __version__ = "0.2.0"
 
 #: The hook API version this core speaks: what a plugin written today declares as
 #: ``backend_capabilities()["api_version"]`` (as a literal).
-HOOK_API_VERSION = 1
+HOOK_API_VERSION = 2
 
 #: Every hook API version the core still accepts.  A plugin that declares another one is refused with
 #: a message naming both versions and the package to upgrade.
-SUPPORTED_API_VERSIONS = (1,)
+SUPPORTED_API_VERSIONS = (1, 2)

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import numpy as np
 
 from ._ops import OpMethods
-from .errors import BackendOpError, OpDeclined
-from .hookspecs import OPS, OpSpec
+from .errors import BackendOpError, OpDeclined, ShapeError
+from .hookspecs import META_HOOKS, OPS, POSITIONS, OpSpec
 from .validate import float_dtype_name, register_array_type
 
 if TYPE_CHECKING:
@@ -71,6 +71,12 @@ def _adapt(fn: Callable[..., Any], spec_args: tuple[str, ...], impl_args: tuple[
     if n == 1:
         return lambda *args: fn(pick(args))              # type: ignore[misc]
     return lambda *args: fn(*pick(args)) if pick else fn()  # type: ignore[misc]
+
+
+def _axis(what: str, axis: int, ndim: int) -> int:
+    if not -ndim <= axis < ndim:
+        raise ShapeError(f"{what}: axis {axis} is out of range for {ndim} dimensions", op=what)
+    return axis % ndim
 
 
 def _result_shape(spec: OpSpec) -> Callable[..., tuple]:
@@ -136,10 +142,28 @@ class Backend(OpMethods):
         route.to_numpy = self._to_numpy_unlocked
         route.failed = lambda exc, args: self._fallback(spec, ref_impl, args, exc)
         route.bad_result = lambda y, args: self._check_result(spec, route, ref_impl, y, args)
-        lacking = [a for a in spec.args if a.has_default and a.name not in impl_args]
-        if lacking:
-            route.divert = self._router(spec, route, ref_impl, lacking, tuple(impl_args))
+        conditions = self._routing_conditions(spec, tuple(impl_args), record.caps.api_version)  # type: ignore[union-attr]
+        if conditions:
+            route.divert = self._router(spec, route, ref_impl, conditions)
         return route
+
+    def _routing_conditions(self, spec: OpSpec, impl_args: tuple[str, ...],
+                            api_version: int) -> list[tuple[int, Callable[[Any], bool], str]]:
+        """``(argument index, test, reason)`` for each kind of call the implementation cannot take."""
+        conditions = []
+        for i, arg in enumerate(spec.args):
+            if arg.has_default and arg.name not in impl_args:
+                if arg.default is None:
+                    test: Callable[[Any], bool] = lambda v: v is not None  # noqa: E731
+                else:
+                    test = lambda v, d=arg.default: v != d  # noqa: E731
+                conditions.append((i, test, f"{self.name}'s {spec.name}{impl_args} does not take {arg.name!r} "
+                                            f"(added in hook API {arg.since}), which this call sets"))
+            if arg.kind == POSITIONS and api_version < 2:
+                conditions.append((i, lambda v: len(v.shape) == 2,
+                                   f"{self.name} was built for hook API {api_version}, whose {spec.name} takes "
+                                   f"(S,) positions only, and this call passes (B, S) positions"))
+        return conditions
 
     # --- data ---------------------------------------------------------------------------------------
 
@@ -166,13 +190,90 @@ class Backend(OpMethods):
             return x
         return self._locked(self._from_numpy_hook, x)
 
+    # --- layout: what an engine needs between ops, so that it never calls the array type's methods --------
+
+    def _meta(self, hook: str) -> Callable[..., Any] | None:
+        impl = self._record.impls.get(hook)
+        if impl is None:
+            return None
+        return _adapt(impl[0], META_HOOKS[hook], impl[1])
+
     def concatenate(self, arrays: Iterable[Any], axis: int = 0) -> Any:
         """Concatenate along ``axis`` in this backend's array type (on the device where it can)."""
         arrays = list(arrays)
-        hook = self._record.impls.get("backend_concatenate")
+        hook = self._meta("backend_concatenate")
         if hook is None:
             return self.from_numpy(np.concatenate([self.to_numpy(a) for a in arrays], axis))
-        return self._locked(hook[0], arrays, axis)
+        return self._locked(hook, arrays, axis)
+
+    def reshape(self, x: Any, shape: tuple[int, ...]) -> Any:
+        """``x`` reshaped to ``shape`` (one entry may be -1), in this backend's array type."""
+        shape = tuple(int(n) for n in shape)
+        if x.__class__ is _ndarray:
+            return x.reshape(shape)
+        hook = self._meta("backend_reshape")
+        if hook is None:
+            return self.from_numpy(self.to_numpy(x).reshape(shape))
+        return self._locked(hook, x, shape)
+
+    def transpose(self, x: Any, axes: tuple[int, ...]) -> Any:
+        """``x`` with its axes permuted (NumPy's ``transpose(x, axes)``), in this backend's array type."""
+        axes = tuple(int(a) for a in axes)
+        if x.__class__ is _ndarray:
+            return x.transpose(axes)
+        hook = self._meta("backend_transpose")
+        if hook is None:
+            return self.from_numpy(self.to_numpy(x).transpose(axes))
+        return self._locked(hook, x, axes)
+
+    def slice(self, x: Any, axis: int, start: int, stop: int) -> Any:
+        """``x[..., start:stop, ...]`` along ``axis`` (a view where the array type has views)."""
+        shape = tuple(x.shape)
+        axis = _axis("slice", axis, len(shape))
+        if not 0 <= start <= stop <= shape[axis]:
+            raise ShapeError(f"slice: need 0 <= start <= stop <= {shape[axis]} on axis {axis}, got start={start}, "
+                             f"stop={stop} (x {shape})", op="slice", shapes={"x": shape})
+        if x.__class__ is _ndarray:
+            return x[(slice(None),) * axis + (slice(start, stop),)]
+        hook = self._meta("backend_slice")
+        if hook is None:
+            return self.from_numpy(self.to_numpy(x)[(slice(None),) * axis + (slice(start, stop),)])
+        return self._locked(hook, x, axis, start, stop)
+
+    def zeros(self, shape: tuple[int, ...]) -> Any:
+        """A new float32 array of zeros, in this backend's array type (on the device)."""
+        shape = tuple(int(n) for n in shape)
+        hook = self._meta("backend_zeros")
+        if hook is None:
+            return self.from_numpy(np.zeros(shape, np.float32))
+        return self._locked(hook, shape)
+
+    def write(self, dst: Any, src: Any, axis: int, start: int) -> Any:
+        """Write ``src`` into ``dst`` at ``start`` along ``axis`` (in place where the array type allows it, as
+        a KV cache appends); use the returned array from then on (``dst`` itself when written in place)."""
+        ds, ss = tuple(dst.shape), tuple(src.shape)
+        axis = _axis("write", axis, len(ds))
+        if (len(ss) != len(ds) or ss[:axis] + ss[axis + 1:] != ds[:axis] + ds[axis + 1:]
+                or not 0 <= start <= ds[axis] - ss[axis]):
+            raise ShapeError(f"write: src {ss} does not fit into dst {ds} at {start} along axis {axis}", op="write",
+                             shapes={"dst": ds, "src": ss})
+        index = (slice(None),) * axis + (slice(start, start + ss[axis]),)
+        if dst.__class__ is _ndarray:
+            dst[index] = self.to_numpy(src)
+            return dst
+        hook = self._meta("backend_write")
+        if hook is None:
+            host = np.array(self.to_numpy(dst), copy=True)
+            host[index] = self.to_numpy(src)
+            return self.from_numpy(host)
+        return self._locked(hook, dst, src, axis, start)
+
+    def eval(self, *arrays: Any) -> None:
+        """Evaluate pending results on the device, without a copy to the host (lazy backends such as MLX;
+        a no-op elsewhere).  An engine calls it once per step, as mlx-lm does."""
+        hook = self._meta("backend_eval")
+        if hook is not None:
+            self._locked(hook, [a for a in arrays if a is not None])
 
     # --- the reference, for a call the plugin does not compute ---------------------------------------
 
@@ -260,16 +361,14 @@ class Backend(OpMethods):
             return y
         return self._fallback(spec, ref_impl, args, None, reason=f"wrong result: {problem}")
 
-    def _router(self, spec: OpSpec, route: _Route, ref_impl: Callable[..., Any], lacking: list,
-                impl_args: tuple[str, ...]) -> Callable[[tuple], Any]:
-        """Calls that set an argument the implementation does not take go to the reference, counted."""
-        index = [(spec.argnames.index(a.name), a) for a in lacking]
+    def _router(self, spec: OpSpec, route: _Route, ref_impl: Callable[..., Any],
+                conditions: list[tuple[int, Callable[[Any], bool], str]]) -> Callable[[tuple], Any]:
+        """Calls the implementation cannot take (an argument it does not know is set, (B, S) positions for a
+        hook API 1 plugin) go to the CPU reference, counted as routed and logged once."""
 
         def divert(args: tuple) -> Any:
-            for i, arg in index:
-                if args[i] is not arg.default and args[i] != arg.default:
-                    reason = (f"{self.name}'s {spec.name}{impl_args} does not take {arg.name!r} (added in hook API "
-                              f"{arg.since}), which this call sets")
+            for i, test, reason in conditions:
+                if test(args[i]):
                     self._count(self._routed, spec.name, reason)
                     self._log_once(spec.name, reason, "%s; the CPU reference computes such calls (logged once; "
                                    "see Backend.stats())", reason)

@@ -42,7 +42,7 @@ import pluggy
 from ._version import HOOK_API_VERSION, SUPPORTED_API_VERSIONS
 
 __all__ = ["HOOK_API_VERSION", "SUPPORTED_API_VERSIONS", "PROJECT", "hookspec", "hookimpl", "Arg", "OpSpec",
-           "OPS", "META_HOOKS", "op", "ARRAY", "OPTIONAL_ARRAY", "POSITIONS", "SCALAR"]
+           "OPS", "META_HOOKS", "op", "ARRAY", "OPTIONAL_ARRAY", "POSITIONS", "INT_ARRAY", "OPTIONAL_MASK", "SCALAR"]
 
 #: The pluggy project name; hook implementations are marked with ``pluggy.HookimplMarker(PROJECT)``.
 PROJECT = "sapient_core"
@@ -57,12 +57,17 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 ARRAY = "array"
 #: A float array or None.
 OPTIONAL_ARRAY = "optional array"
-#: Integer positions: an array (NumPy or the backend's type), or a list or range; normalised by the core.
+#: Integer positions, [S] or [B, S]: an array (NumPy or the backend's type), or a list or range;
+#: normalised by the core.
 POSITIONS = "positions"
+#: An integer array (token ids).
+INT_ARRAY = "int array"
+#: A bool array or None (a padding mask).
+OPTIONAL_MASK = "optional mask"
 #: A Python scalar (float, int, bool or str).
 SCALAR = "scalar"
-_KINDS = (ARRAY, OPTIONAL_ARRAY, POSITIONS, SCALAR)
-_ARRAY_KINDS = (ARRAY, OPTIONAL_ARRAY, POSITIONS)
+_KINDS = (ARRAY, OPTIONAL_ARRAY, POSITIONS, INT_ARRAY, OPTIONAL_MASK, SCALAR)
+_ARRAY_KINDS = (ARRAY, OPTIONAL_ARRAY, POSITIONS, INT_ARRAY, OPTIONAL_MASK)
 
 _NO_DEFAULT: Any = inspect.Parameter.empty
 
@@ -72,7 +77,8 @@ class Arg:
     """One argument of an op.
 
     :ivar name: the argument's name (the hook's parameter name).
-    :ivar kind: :data:`ARRAY`, :data:`OPTIONAL_ARRAY`, :data:`POSITIONS` or :data:`SCALAR`.
+    :ivar kind: :data:`ARRAY`, :data:`OPTIONAL_ARRAY`, :data:`POSITIONS`, :data:`INT_ARRAY`,
+        :data:`OPTIONAL_MASK` or :data:`SCALAR`.
     :ivar annotation: its type on the backend object's method, as source text (``"Array"``, ``"float"``).
     :ivar default: its default on the backend object's method (hooks never take defaults), or
         ``inspect.Parameter.empty``.
@@ -146,10 +152,12 @@ class OpSpec:
 #: Every op, in the order of the contract: name -> declaration.
 OPS: dict[str, OpSpec] = {}
 
-_ANNOTATIONS = {ARRAY: "Array", OPTIONAL_ARRAY: "Array | None", POSITIONS: "Positions"}
+_ANNOTATIONS = {ARRAY: "Array", OPTIONAL_ARRAY: "Array | None", POSITIONS: "Positions", INT_ARRAY: "Array",
+                OPTIONAL_MASK: "Array | None"}
 
 
 def op(*, arrays: tuple[str, ...] = (), optional_arrays: tuple[str, ...] = (), positions: str | None = None,
+       int_arrays: tuple[str, ...] = (), masks: tuple[str, ...] = (),
        scalars: dict[str, str] | None = None, defaults: dict[str, Any] | None = None,
        since: dict[str, int] | None = None, result_shape: str, numpy_result: bool = False,
        op_since: int = 1) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -158,6 +166,8 @@ def op(*, arrays: tuple[str, ...] = (), optional_arrays: tuple[str, ...] = (), p
     :param arrays: the arguments that are float arrays.
     :param optional_arrays: float arrays that may be None.
     :param positions: the argument holding integer positions, if any.
+    :param int_arrays: integer arrays (token ids).
+    :param masks: bool arrays that may be None (padding masks).
     :param scalars: the scalar arguments, each with its type annotation (``{"eps": "float"}``).
     :param defaults: defaults of the backend object's method (never of the hook).
     :param since: ``{argument: hook API version that added it}`` for arguments added after version 1.
@@ -173,8 +183,10 @@ def op(*, arrays: tuple[str, ...] = (), optional_arrays: tuple[str, ...] = (), p
         name = fn.__name__
         names = tuple(inspect.signature(fn).parameters)
         kinds = {**dict.fromkeys(arrays, ARRAY), **dict.fromkeys(optional_arrays, OPTIONAL_ARRAY),
-                 **({positions: POSITIONS} if positions else {}), **dict.fromkeys(scalars, SCALAR)}
-        if set(kinds) != set(names) or len(kinds) != len(arrays) + len(optional_arrays) + len(scalars) + bool(positions):
+                 **({positions: POSITIONS} if positions else {}), **dict.fromkeys(int_arrays, INT_ARRAY),
+                 **dict.fromkeys(masks, OPTIONAL_MASK), **dict.fromkeys(scalars, SCALAR)}
+        declared = len(arrays) + len(optional_arrays) + len(int_arrays) + len(masks) + len(scalars) + bool(positions)
+        if set(kinds) != set(names) or len(kinds) != declared:
             raise TypeError(f"op {name}: every argument needs exactly one kind; signature {names}, kinds {kinds}")
         unknown = (set(defaults) | set(since)) - set(names)
         if unknown:
@@ -186,7 +198,7 @@ def op(*, arrays: tuple[str, ...] = (), optional_arrays: tuple[str, ...] = (), p
             args.append(Arg(n, kinds[n], scalars.get(n) or _ANNOTATIONS[kinds[n]], defaults.get(n, _NO_DEFAULT),
                             since.get(n, op_since), match.group(1) if match else ""))
         for a in args:
-            if a.since > 1 and not a.has_default:
+            if a.since > op_since and not a.has_default:
                 raise TypeError(f"op {name}: argument {a.name!r} was added in API {a.since}, so it needs a "
                                 f"default that gives the earlier behaviour")
         OPS[name] = OpSpec(name, tuple(args), result_shape, numpy_result, op_since, doc, fn)
@@ -293,6 +305,90 @@ def backend_concatenate(arrays: Any, axis: int) -> Any:
 
 
 @hookspec
+def backend_eval(arrays: Any) -> Any:
+    """Evaluate pending results on the device, without copying them to the host.  Optional.
+
+    For lazy array libraries (MLX): an engine calls ``Backend.eval(*arrays)`` once per step, as
+    mlx-lm does, so that the graph of unevaluated steps does not grow.  Without this hook,
+    ``Backend.eval`` does nothing (eager backends have nothing pending).  A failure raised here
+    (out of memory, a failed command buffer) reaches the caller as the exception it is.
+
+    :param arrays: a list of arrays of this backend's type (NumPy arrays may be among them).
+    :returns: None.
+    """
+
+
+@hookspec
+def backend_reshape(x: Any, shape: Any) -> Any:
+    """Return ``x`` reshaped to ``shape`` (a tuple of ints, one may be -1), on the device.  Optional.
+
+    One of the layout operations an engine needs between ops (with ``backend_transpose``,
+    ``backend_concatenate``, ``backend_slice``, ``backend_zeros``, ``backend_write``): through them an
+    engine never calls a method of the backend's array type, so the same engine runs on every
+    backend.  Default: through NumPy (``to_numpy``, the NumPy operation, ``from_numpy``).
+
+    :param x: an array of this backend's type (or NumPy), any shape and dtype.
+    :param shape: tuple of ints with the same number of elements.
+    :returns: the reshaped array, in this backend's array type.
+    """
+
+
+@hookspec
+def backend_transpose(x: Any, axes: Any) -> Any:
+    """Return ``x`` with its axes permuted as ``axes`` (NumPy's ``transpose(x, axes)``).  Optional.
+
+    Default: through NumPy.
+
+    :param x: an array of this backend's type (or NumPy), any shape and dtype.
+    :param axes: a permutation of ``range(x.ndim)`` (a tuple of ints).
+    :returns: the permuted array, in this backend's array type.
+    """
+
+
+@hookspec
+def backend_slice(x: Any, axis: int, start: int, stop: int) -> Any:
+    """Return ``x[..., start:stop, ...]`` along ``axis`` (a view where the array type has views).  Optional.
+
+    Default: through NumPy.
+
+    :param x: an array of this backend's type (or NumPy), any shape and dtype.
+    :param axis: the axis (may be negative).
+    :param start: first index, 0 <= start <= stop.
+    :param stop: one past the last index, stop <= x.shape[axis].
+    :returns: the slice, in this backend's array type.
+    """
+
+
+@hookspec
+def backend_zeros(shape: Any) -> Any:
+    """Return a new float32 array of zeros of ``shape``, on the device.  Optional.
+
+    Used by :class:`sapient_core.KVCache` to preallocate its buffers.  Default: ``from_numpy`` of
+    ``numpy.zeros(shape, float32)``.
+
+    :param shape: tuple of ints.
+    :returns: a float32 array of zeros, in this backend's array type.
+    """
+
+
+@hookspec
+def backend_write(dst: Any, src: Any, axis: int, start: int) -> Any:
+    """Write ``src`` into ``dst`` at ``start`` along ``axis``; return the written array.  Optional.
+
+    ``dst[..., start:start + src.shape[axis], ...] = src`` in place, where the array type allows it
+    (NumPy; MLX's slice assignment), as a KV cache appends a step's keys and values without copying
+    the cache.  The caller uses the returned array from then on (``dst`` itself when written in place).
+    Default: in place for NumPy ``dst``; through NumPy otherwise.
+
+    :param dst: a float32 array of this backend's type (or NumPy).
+    :param src: an array of the same rank, equal to ``dst`` on every axis but ``axis``.
+    :param axis: the axis (may be negative).
+    :param start: where the write begins, ``start + src.shape[axis] <= dst.shape[axis]``.
+    :returns: the array holding the write, in this backend's array type.
+    """
+
+
+@hookspec
 def backend_stats() -> dict[str, Any]:
     """Return plugin-specific statistics (e.g. weight-cache size and uploads).  Optional.
 
@@ -310,6 +406,12 @@ META_HOOKS: dict[str, tuple[str, ...]] = {
     "backend_to_numpy": ("x",),
     "backend_from_numpy": ("x",),
     "backend_concatenate": ("arrays", "axis"),
+    "backend_eval": ("arrays",),
+    "backend_reshape": ("x", "shape"),
+    "backend_transpose": ("x", "axes"),
+    "backend_slice": ("x", "axis", "start", "stop"),
+    "backend_zeros": ("shape",),
+    "backend_write": ("dst", "src", "axis", "start"),
     "backend_stats": (),
 }
 
@@ -414,8 +516,9 @@ def apply_rope_positions(x: Any, positions: Any, base: float) -> Any:
     ``rotate_half(x) = concat(-x[..., D/2:], x[..., :D/2])``.
 
     :param x: (B, H, S, D) float32, D even.
-    :param positions: (S,) integer array (NumPy or the backend's type): the position of each row;
-        need not be contiguous or sorted.
+    :param positions: (S,) or (B, S) integer array (NumPy or the backend's type): the position of each
+        row, the same for every batch row or one row of positions per batch row (left-padded batches;
+        hook API 2); need not be contiguous or sorted.
     :param base: float > 0 (e.g. 10000.0).
     :returns: (B, H, S, D) float32.
     """
@@ -428,45 +531,98 @@ def apply_rope_partial(x: Any, positions: Any, base: float, rotary_dim: int) -> 
     As :func:`apply_rope_positions` with D replaced by ``rotary_dim`` in ``inv_freq`` and in the halves.
 
     :param x: (B, H, S, D) float32.
-    :param positions: (S,) integer array.
+    :param positions: (S,) or (B, S) integer array, as for :func:`apply_rope_positions`.
     :param base: float > 0.
     :param rotary_dim: int, even, 2 <= rotary_dim <= D.
     :returns: (B, H, S, D) float32.
     """
 
 
-@op(arrays=("q", "k", "v"), scalars={"n_kv_heads": "int", "causal": "bool"}, result_shape="q.shape")
-def gqa_attention(q: Any, k: Any, v: Any, n_kv_heads: int, causal: bool) -> Any:
-    """Return grouped-query scaled dot-product attention ``softmax(q k^T / sqrt(d)) v``.
+@op(arrays=("x", "inv_freq"), positions="positions", scalars={"attention_scaling": "float"},
+    defaults={"attention_scaling": 1.0}, result_shape="x.shape", op_since=2)
+def apply_rope(x: Any, positions: Any, inv_freq: Any, attention_scaling: float) -> Any:
+    """Apply rotate-half RoPE with the given inverse frequencies (Llama 3, YaRN, longrope, Phi-3 ...).
+
+    ``angle[s, i] = positions[s] * inv_freq[i]``; over the first ``R = 2 * len(inv_freq)`` channels,
+    ``out = x * cos + rotate_half(x) * sin`` with cos and sin multiplied by ``attention_scaling``
+    (YaRN's and longrope's attention factor); channels R .. D are copied.  ``apply_rope_positions``
+    and ``apply_rope_partial`` are this op with ``inv_freq = base ** (-2i / R)`` and a scaling of 1.
+    ``sapient_core.rope_parameters(config)`` gives ``inv_freq`` and ``attention_scaling`` for a
+    transformers config.
+
+    :param x: (B, H, S, D) float32.
+    :param positions: (S,) or (B, S) integer array, as for :func:`apply_rope_positions`.
+    :param inv_freq: (R/2,) float32 (NumPy or the backend's type), 1 <= R/2 <= D/2.
+    :param attention_scaling: float, finite and > 0 (1.0: no scaling).
+    :returns: (B, H, S, D) float32.
+    """
+
+
+@op(arrays=("q", "k", "v"), masks=("kv_mask",),
+    scalars={"n_kv_heads": "int", "causal": "bool", "scale": "float | None", "sliding_window": "int | None",
+             "softcap": "float | None"},
+    defaults={"scale": None, "sliding_window": None, "softcap": None, "kv_mask": None},
+    since={"scale": 2, "sliding_window": 2, "softcap": 2, "kv_mask": 2}, result_shape="q.shape")
+def gqa_attention(q: Any, k: Any, v: Any, n_kv_heads: int, causal: bool, scale: Any, sliding_window: Any,
+                  softcap: Any, kv_mask: Any) -> Any:
+    """Return grouped-query attention ``softmax(mask(softcap(scale * q k^T))) v``.
 
     Key/value head j serves query heads ``j*H/KV ... (j+1)*H/KV - 1`` (Hugging Face ``repeat_kv``
-    order).  With ``causal``, query i sees keys ``<= i + (Sk - Sq)`` (the KV-cache offset).
+    order).  The scores are ``q k^T * scale`` (``scale`` None: ``1/sqrt(d)``; Gemma:
+    ``query_pre_attn_scalar ** -0.5``), then, with ``softcap`` c, ``c * tanh(scores / c)`` (Gemma 2),
+    then masked: with ``causal``, the query at absolute position ``p = i + (Sk - Sq)`` (the KV-cache
+    offset) sees keys ``j <= p``, and with ``sliding_window`` W only keys ``p - W < j <= p``
+    (Mistral, Gemma 2/3); keys where ``kv_mask`` is False (padding) are never seen.  A query row that
+    sees no key gives zeros, never NaN.
 
     :param q: (B, H, Sq, d) float32.
     :param k: (B, KV, Sk, d) float32.
     :param v: (B, KV, Sk, d) float32.
     :param n_kv_heads: KV; H is divisible by it.
     :param causal: bool; when True, Sq <= Sk.
+    :param scale: float or None: multiplies ``q k^T``; None means ``1/sqrt(d)`` (hook API 2).
+    :param sliding_window: int W >= 1 or None; only with ``causal`` (hook API 2).
+    :param softcap: float c > 0 or None: ``scores = c * tanh(scores / c)`` after scaling, before
+        masking (hook API 2).
+    :param kv_mask: (B, Sk) bool array or None: False marks keys never to attend (hook API 2).
     :returns: (B, H, Sq, d) float32.
     """
 
 
-@op(arrays=("hidden", "lm_head"), result_shape="(hidden.shape[0], lm_head.shape[0])", numpy_result=True)
-def logits_from_hidden(hidden: Any, lm_head: Any) -> Any:
-    """Return the logits of the last position: ``hidden[:, -1] @ lm_head.T``.
+@op(arrays=("hidden", "lm_head"), scalars={"softcap": "float | None"}, defaults={"softcap": None},
+    since={"softcap": 2}, result_shape="(hidden.shape[0], lm_head.shape[0])", numpy_result=True)
+def logits_from_hidden(hidden: Any, lm_head: Any, softcap: Any) -> Any:
+    """Return the logits of the last position: ``hidden[:, -1] @ lm_head.T``, soft-capped if asked.
 
     :param hidden: (B, S, h) float32, S >= 1.
     :param lm_head: (vocab, h) float32.
+    :param softcap: float c > 0 or None: ``logits = c * tanh(logits / c)`` (Gemma 2's
+        ``final_logit_softcapping``; hook API 2).
     :returns: (B, vocab) float32 **NumPy** array.
     """
 
 
-@op(arrays=("hidden", "lm_head"), result_shape="(hidden.shape[0], hidden.shape[1], lm_head.shape[0])",
-    numpy_result=True)
-def all_logits_from_hidden(hidden: Any, lm_head: Any) -> Any:
-    """Return the logits of every position: ``hidden @ lm_head.T``.
+@op(arrays=("hidden", "lm_head"), scalars={"softcap": "float | None"}, defaults={"softcap": None},
+    since={"softcap": 2}, result_shape="(hidden.shape[0], hidden.shape[1], lm_head.shape[0])", numpy_result=True)
+def all_logits_from_hidden(hidden: Any, lm_head: Any, softcap: Any) -> Any:
+    """Return the logits of every position: ``hidden @ lm_head.T``, soft-capped if asked.
 
     :param hidden: (B, S, h) float32.
     :param lm_head: (vocab, h) float32.
+    :param softcap: float c > 0 or None, as for :func:`logits_from_hidden` (hook API 2).
     :returns: (B, S, vocab) float32 **NumPy** array.
+    """
+
+
+@op(int_arrays=("ids",), arrays=("table",), result_shape="(ids.shape[0], ids.shape[1], table.shape[1])", op_since=2)
+def embedding(ids: Any, table: Any) -> Any:
+    """Return the rows of ``table`` at ``ids``: ``table[ids]``, as float32 in the backend's type.
+
+    A device backend keeps ``table`` on the device (like a weight), so a decode step uploads only the
+    token ids.
+
+    :param ids: (B, S) integer array (NumPy or the backend's type), every id in [0, V) (checked by the
+        core).
+    :param table: (V, D) float32 (float16 / bfloat16 accepted).
+    :returns: (B, S, D) float32.
     """

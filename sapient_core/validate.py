@@ -85,6 +85,19 @@ def _is_int_dtype(dtype: Any) -> bool:
     return ok
 
 
+_BOOL_CACHE: dict[Any, bool] = {}
+
+
+def _is_bool_dtype(dtype: Any) -> bool:
+    try:
+        return _BOOL_CACHE[dtype]
+    except KeyError:
+        pass
+    ok = str(dtype).rsplit(".", 1)[-1].lower() in ("bool", "bool_")
+    _BOOL_CACHE[dtype] = ok
+    return ok
+
+
 def _shape(x: Any) -> tuple:
     return tuple(x.shape)
 
@@ -343,16 +356,25 @@ def _positions(op: str, x: Any, positions: Any) -> Any:
             if positions.size == 0:
                 positions = positions.astype(np.int64)
         else:
-            raise DTypeError(f"{op}: positions must be a 1-D integer array (or a list of ints), got "
-                             f"{type(positions).__name__} ({_desc(x=x)})", op=op, shapes=_shapes(x=x))
+            raise DTypeError(f"{op}: positions must be an integer array of shape (S,) or (B, S) (or a list of "
+                             f"ints), got {type(positions).__name__} ({_desc(x=x)})", op=op, shapes=_shapes(x=x))
     if not _is_int_dtype(positions.dtype):
         raise DTypeError(f"{op}: positions must have an integer dtype, got {positions.dtype} "
                          f"({_desc(x=x, positions=positions)})", op=op, shapes=_shapes(x=x, positions=positions))
-    ps = positions.shape
-    if len(ps) != 1 or ps[0] != x.shape[2]:
-        raise _shape_error(op, f"positions must have shape ({x.shape[2]},), one per sequence position",
-                           x=x, positions=positions)
+    ps = tuple(positions.shape)
+    b, s = x.shape[0], x.shape[2]
+    if ps != (s,) and ps != (b, s):
+        raise _shape_error(op, f"positions must have shape ({s},), one per sequence position, or ({b}, {s}), "
+                               f"one row per batch row", x=x, positions=positions)
     return positions
+
+
+def _positions_fast(positions: Any, b: int, s: int) -> bool:
+    """The common case: an integer NumPy array of shape (S,) or (B, S)."""
+    if positions.__class__ is not _ndarray or positions.dtype.kind not in "iu":
+        return False
+    ps = positions.shape
+    return ps == (s,) or ps == (b, s)
 
 
 def _check_rope_x(op: str, x: Any) -> None:
@@ -363,11 +385,9 @@ def _check_rope_x(op: str, x: Any) -> None:
 
 def check_apply_rope_positions(x: Any, positions: Any, base: Any) -> Any:
     try:
-        _, _, s, d = x.shape
-        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and not d % 2 and positions.__class__ is _ndarray
-                and positions.ndim == 1
-                and len(positions) == s and positions.dtype.kind in "iu" and type(base) is float
-                and 0 < base < _INF):
+        b, _, s, d = x.shape
+        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and not d % 2
+                and _positions_fast(positions, b, s) and type(base) is float and 0 < base < _INF):
             return positions
     except (AttributeError, TypeError, ValueError):
         pass
@@ -383,11 +403,10 @@ def check_apply_rope_positions(x: Any, positions: Any, base: Any) -> Any:
 
 def check_apply_rope_partial(x: Any, positions: Any, base: Any, rotary_dim: Any) -> Any:
     try:
-        _, _, s, d = x.shape
-        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and positions.__class__ is _ndarray
-                and positions.ndim == 1
-                and len(positions) == s and positions.dtype.kind in "iu" and type(base) is float
-                and 0 < base < _INF and type(rotary_dim) is int and not rotary_dim % 2 and 2 <= rotary_dim <= d):
+        b, _, s, d = x.shape
+        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S))
+                and _positions_fast(positions, b, s) and type(base) is float and 0 < base < _INF
+                and type(rotary_dim) is int and not rotary_dim % 2 and 2 <= rotary_dim <= d):
             return positions
     except (AttributeError, TypeError, ValueError):
         pass
@@ -406,16 +425,43 @@ def check_apply_rope_partial(x: Any, positions: Any, base: Any, rotary_dim: Any)
     return positions
 
 
+def check_apply_rope(x: Any, positions: Any, inv_freq: Any, attention_scaling: Any) -> Any:
+    try:
+        b, _, s, d = x.shape
+        (n,) = inv_freq.shape
+        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S))
+                and (inv_freq.__class__ in _ARRAY_TYPES and (inv_freq.dtype is _F32 or inv_freq.dtype in _F32S))
+                and 1 <= n and 2 * n <= d and _positions_fast(positions, b, s)
+                and type(attention_scaling) is float and 0 < attention_scaling < _INF):
+            return positions
+    except (AttributeError, TypeError, ValueError):
+        pass
+    op = "apply_rope"
+    _check_rope_x(op, x)
+    positions = _positions(op, x, positions)
+    _float(op, "inv_freq", inv_freq, {"x": x, "inv_freq": inv_freq})
+    d = x.shape[3]
+    if len(inv_freq.shape) != 1 or not 1 <= inv_freq.shape[0] <= d // 2:
+        raise _shape_error(op, f"inv_freq must have shape (R/2,) with 1 <= R/2 <= D/2 = {d // 2} (R = 2 * "
+                               f"len(inv_freq) channels are rotated)", x=x, inv_freq=inv_freq)
+    if type(attention_scaling) is not float or not 0 < attention_scaling < _INF:
+        _real(op, "attention_scaling", attention_scaling, positive=True)
+    return positions
+
+
 # --- attention ---------------------------------------------------------------------------------------
 
-def check_gqa_attention(q: Any, k: Any, v: Any, n_kv_heads: Any, causal: Any) -> None:
+def check_gqa_attention(q: Any, k: Any, v: Any, n_kv_heads: Any, causal: Any, scale: Any = None,
+                        sliding_window: Any = None, softcap: Any = None, kv_mask: Any = None) -> None:
     try:
         qb, qh, sq, qd = q.shape
         kb, kvh, sk, kd = ks = k.shape
-        if ((q.__class__ in _ARRAY_TYPES and (q.dtype is _F32 or q.dtype in _F32S)) and (k.__class__ in _ARRAY_TYPES and (k.dtype is _F32 or k.dtype in _F32S))
+        if ((q.__class__ in _ARRAY_TYPES and (q.dtype is _F32 or q.dtype in _F32S))
+                and (k.__class__ in _ARRAY_TYPES and (k.dtype is _F32 or k.dtype in _F32S))
                 and (v.__class__ in _ARRAY_TYPES and (v.dtype is _F32 or v.dtype in _F32S)) and v.shape == ks and qb == kb
                 and qd == kd and n_kv_heads == kvh and type(n_kv_heads) is int and kvh > 0
-                and not qh % kvh and sk > 0 and (causal is False or (causal is True and sq <= sk))):
+                and not qh % kvh and sk > 0 and (causal is False or (causal is True and sq <= sk))
+                and scale is None and sliding_window is None and softcap is None and kv_mask is None):
             return
     except (AttributeError, TypeError, ValueError):
         pass
@@ -448,11 +494,37 @@ def check_gqa_attention(q: Any, k: Any, v: Any, n_kv_heads: Any, causal: Any) ->
                                f"got Sq={qs[2]} > Sk={ks[2]}", **arrays)
     if ks[2] == 0 and qs[2] > 0 and qs[0] > 0:
         raise _shape_error(op, "no keys (Sk=0) for a non-empty query: the softmax is undefined", **arrays)
+    if scale is not None:
+        _real(op, "scale", scale)
+    if softcap is not None:
+        _real(op, "softcap", softcap, positive=True)
+    if sliding_window is not None:
+        if isinstance(sliding_window, (bool, np.bool_)) or not isinstance(sliding_window, numbers.Integral):
+            raise DTypeError(f"{op}: sliding_window must be an int or None, got {type(sliding_window).__name__} "
+                             f"{sliding_window!r}", op=op)
+        if sliding_window < 1:
+            raise ArgumentError(f"{op}: sliding_window must be >= 1 (the number of keys a query sees, itself "
+                                f"included), got {sliding_window}", op=op, arg="sliding_window", value=sliding_window)
+        if not causal:
+            raise ArgumentError(f"{op}: sliding_window={sliding_window} needs causal=True (the window is the "
+                                f"W most recent keys up to the query's own position)", op=op, arg="sliding_window",
+                                value=sliding_window)
+    if kv_mask is not None:
+        arrays["kv_mask"] = kv_mask
+        if not is_array(kv_mask):
+            raise DTypeError(f"{op}: kv_mask must be a bool array of shape (B, Sk) or None, got "
+                             f"{type(kv_mask).__name__} ({_desc(**arrays)})", op=op, shapes=_shapes(**arrays))
+        if not _is_bool_dtype(kv_mask.dtype):
+            raise DTypeError(f"{op}: kv_mask must have a bool dtype (False: a key never to attend), got "
+                             f"{kv_mask.dtype}. To remedy this, pass kv_mask != 0 ({_desc(**arrays)})", op=op,
+                             shapes=_shapes(**arrays))
+        if tuple(kv_mask.shape) != (qs[0], ks[2]):
+            raise _shape_error(op, f"kv_mask must have shape (B, Sk) = ({qs[0]}, {ks[2]})", **arrays)
 
 
 # --- logits ------------------------------------------------------------------------------------------
 
-def _check_logits(op: str, hidden: Any, lm_head: Any, last: bool) -> None:
+def _check_logits(op: str, hidden: Any, lm_head: Any, last: bool, softcap: Any) -> None:
     arrays = {"hidden": hidden, "lm_head": lm_head}
     _float(op, "hidden", hidden, arrays)
     _float(op, "lm_head", lm_head, arrays)
@@ -465,30 +537,62 @@ def _check_logits(op: str, hidden: Any, lm_head: Any, last: bool) -> None:
         raise _shape_error(op, f"hidden size {hs[2]} does not match lm_head's {ls[1]}", **arrays)
     if last and hs[1] == 0 and hs[0] > 0:
         raise _shape_error(op, "hidden has no positions (S=0): there is no last position", **arrays)
+    if softcap is not None:
+        _real(op, "softcap", softcap, positive=True)
 
 
-def check_logits_from_hidden(hidden: Any, lm_head: Any) -> None:
+def check_logits_from_hidden(hidden: Any, lm_head: Any, softcap: Any = None) -> None:
     try:
         _, s, h = hidden.shape
         _, m = lm_head.shape
-        if ((hidden.__class__ in _ARRAY_TYPES and (hidden.dtype is _F32 or hidden.dtype in _F32S)) and (lm_head.__class__ in _ARRAY_TYPES and (lm_head.dtype is _F32 or lm_head.dtype in _F32S))
-                and h == m and s > 0):
+        if ((hidden.__class__ in _ARRAY_TYPES and (hidden.dtype is _F32 or hidden.dtype in _F32S))
+                and (lm_head.__class__ in _ARRAY_TYPES and (lm_head.dtype is _F32 or lm_head.dtype in _F32S))
+                and h == m and s > 0 and softcap is None):
             return
     except (AttributeError, TypeError, ValueError):
         pass
-    _check_logits("logits_from_hidden", hidden, lm_head, True)
+    _check_logits("logits_from_hidden", hidden, lm_head, True, softcap)
 
 
-def check_all_logits_from_hidden(hidden: Any, lm_head: Any) -> None:
+def check_all_logits_from_hidden(hidden: Any, lm_head: Any, softcap: Any = None) -> None:
     try:
         _, _, h = hidden.shape
         _, m = lm_head.shape
-        if ((hidden.__class__ in _ARRAY_TYPES and (hidden.dtype is _F32 or hidden.dtype in _F32S)) and (lm_head.__class__ in _ARRAY_TYPES and (lm_head.dtype is _F32 or lm_head.dtype in _F32S))
-                and h == m):
+        if ((hidden.__class__ in _ARRAY_TYPES and (hidden.dtype is _F32 or hidden.dtype in _F32S))
+                and (lm_head.__class__ in _ARRAY_TYPES and (lm_head.dtype is _F32 or lm_head.dtype in _F32S))
+                and h == m and softcap is None):
             return
     except (AttributeError, TypeError, ValueError):
         pass
-    _check_logits("all_logits_from_hidden", hidden, lm_head, False)
+    _check_logits("all_logits_from_hidden", hidden, lm_head, False, softcap)
+
+
+# --- embedding ---------------------------------------------------------------------------------------
+
+def check_embedding(ids: Any, table: Any) -> None:
+    op = "embedding"
+    arrays = {"ids": ids, "table": table}
+    if not is_array(ids):
+        raise DTypeError(f"{op}: ids must be an integer array of shape (B, S), got {type(ids).__name__} "
+                         f"({_desc(**arrays)})", op=op, shapes=_shapes(**arrays))
+    if not _is_int_dtype(ids.dtype):
+        raise DTypeError(f"{op}: ids must have an integer dtype, got {ids.dtype} ({_desc(**arrays)})", op=op,
+                         shapes=_shapes(**arrays))
+    _float(op, "table", table, arrays)
+    if len(ids.shape) != 2:
+        raise _shape_error(op, f"ids must be 2-D (B, S), got {len(ids.shape)}-D", **arrays)
+    if len(table.shape) != 2:
+        raise _shape_error(op, f"table must be 2-D (V, D), got {len(table.shape)}-D", **arrays)
+    n = table.shape[0]
+    if ids.shape[0] * ids.shape[1] == 0:
+        return
+    host = ids if ids.__class__ is _ndarray else np.asarray(ids)    # a device array: the ids are tiny
+    lo, hi = int(host.min()), int(host.max())
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        where = tuple(int(i) for i in np.argwhere(host == bad)[0])
+        raise ArgumentError(f"{op}: id {bad} at {where} is outside the vocabulary [0, {n}) of table "
+                            f"({_desc(**arrays)})", op=op, arg="ids", value=bad, shapes=_shapes(**arrays))
 
 
 #: op name -> check function (``check_<op>``, declared by ``OpSpec.check_name``); the RoPE checks return

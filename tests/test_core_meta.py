@@ -48,7 +48,8 @@ def test_each_hookspec_is_documented_in_the_fixed_shape(hook):
     doc = inspect.getdoc(SPECS[hook])
     assert doc, f"{hook} has no docstring"
     summary = doc.splitlines()[0]
-    assert summary.endswith(".") and (summary.startswith(("Return", "Report", "Apply", "Concatenate"))), summary
+    assert summary.endswith(".") and summary.startswith(("Return", "Report", "Apply", "Concatenate", "Evaluate",
+                                                         "Write")), summary
     assert ":returns:" in doc, f"{hook}: say what it returns"
     spec = hookspecs.OPS.get(hook)
     for arg in (spec.argnames if spec else hookspecs.META_HOOKS[hook]):
@@ -58,7 +59,7 @@ def test_each_hookspec_is_documented_in_the_fixed_shape(hook):
         for arg in spec.args:
             assert arg.doc, (hook, arg.name)
             if arg.is_array:
-                assert re.search(r"float32|integer", arg.doc) and re.search(r"\(.*\)|any shape", arg.doc), (hook, arg)
+                assert re.search(r"float32|integer|bool", arg.doc) and re.search(r"\(.*\)|any shape", arg.doc), (hook, arg)
         returns = re.search(r":returns: (.*)", doc).group(1)
         assert "float32" in returns and re.search(r"\(.*\)|shape", returns), (hook, returns)
         assert "Optional." not in doc
@@ -80,7 +81,8 @@ def test_required_and_optional_hooks_are_marked():
 def test_every_argument_has_one_kind_and_later_arguments_have_defaults():
     for spec in hookspecs.OPS.values():
         for arg in spec.args:
-            assert arg.kind in (hookspecs.ARRAY, hookspecs.OPTIONAL_ARRAY, hookspecs.POSITIONS, hookspecs.SCALAR)
+            assert arg.kind in (hookspecs.ARRAY, hookspecs.OPTIONAL_ARRAY, hookspecs.POSITIONS, hookspecs.INT_ARRAY,
+                                hookspecs.OPTIONAL_MASK, hookspecs.SCALAR)
             assert 1 <= arg.since <= hookspecs.HOOK_API_VERSION, (spec.name, arg.name)
             if arg.since > spec.since:
                 assert arg.has_default, (spec.name, arg.name)

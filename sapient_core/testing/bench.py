@@ -140,8 +140,17 @@ def bench_args(op: str, size: BenchSize, rng: np.random.Generator | None = None)
         keys = s.kv_len + S
         return (randn(B, s.heads, S, s.head_dim), randn(B, s.kv_heads, keys, s.head_dim),
                 randn(B, s.kv_heads, keys, s.head_dim), s.kv_heads, True)
+    if op == "apply_rope":                      # Llama 3.1's frequencies
+        from ..rope import rope_parameters
+        p = rope_parameters({"rope_theta": 500000.0, "head_dim": s.head_dim, "hidden_size": s.hidden,
+                             "num_attention_heads": s.heads, "max_position_embeddings": 131072,
+                             "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}})
+        return randn(B, s.heads, S, s.head_dim), positions, np.array(p.inv_freq), p.attention_scaling
     if op in ("logits_from_hidden", "all_logits_from_hidden"):
         return randn(B, S, s.hidden), weight(s.vocab, s.hidden)
+    if op == "embedding":                       # the token embedding of a forward pass
+        return rng.integers(0, s.vocab, size=(B, S)), randn(s.vocab, s.hidden)
     raise ValueError(f"unknown op {op!r}")
 
 

@@ -364,6 +364,7 @@ def _rope_cases(s: KitSizes) -> list[Case]:
         Case(op, "noncontig-x", lambda r: (_noncontig(r, (B, H, S, d), (0, 2, 1, 3)), ar(K, S), base)),
         Case(op, "float16", lambda r: (_randn(r, (B, H, S, d), dtype=F16), ar(K, S), base)),
         Case(op, "int32-positions", lambda r: (_randn(r, (B, H, S, d)), ar(K, S, np.int32), base)),
+        Case(op, "batch-positions", lambda r: (_randn(r, (B, H, S, d)), left_padded_positions(B, S, K), base)),
         Case(op, "zero-S", lambda r: (_randn(r, (B, H, 0, d)), ar(0, 0), base)),
         Case(op, "nan", lambda r: (_with_specials(_randn(r, (B, H, S, d)), {(0, 1, S - 1, 3): np.nan}),
                                    ar(K, S), base)),
@@ -385,6 +386,8 @@ def _rope_cases(s: KitSizes) -> list[Case]:
         Case(op, "phi-80-32", lambda r: (_randn(r, (B, 4, S, 80)), ar(K, S), base, 32)),
         Case(op, "decode-S1", lambda r: (_randn(r, (B, H, 1, d)), ar(K, 1), base, half)),
         Case(op, "kv-offset", lambda r: (_randn(r, (B, H, S, d)), ar(K, S), base, half)),
+        Case(op, "batch-positions", lambda r: (_randn(r, (B, H, S, d)), left_padded_positions(B, S, K), base,
+                                               half)),
         Case(op, "noncontig-positions", lambda r: (_randn(r, (B, H, S, d)), scattered(r, S), base, half)),
         Case(op, "noncontig-x", lambda r: (_noncontig(r, (B, H, S, d), (0, 2, 1, 3)), ar(K, S), base, half)),
         Case(op, "float16", lambda r: (_randn(r, (B, H, S, d), dtype=F16), ar(K, S), base, half)),
@@ -403,6 +406,66 @@ def _rope_cases(s: KitSizes) -> list[Case]:
              expect=DTypeError),
     ]
     return c + p
+
+
+def left_padded_positions(b: int, s: int, offset: int = 0) -> np.ndarray:
+    """(B, S) positions of a left-padded batch as Hugging Face builds them (``cumsum(mask) - 1``, padding
+    set to 1): batch row i has ``i`` padding tokens (capped at S - 1), then its positions from ``offset``."""
+    pos = np.ones((b, s), np.int64)
+    for i in range(b):
+        pad = min(i, s - 1)
+        pos[i, pad:] = np.arange(offset, offset + s - pad)
+    return pos
+
+
+def _inv_freq(config: dict, seq_len: int | None = None) -> tuple[np.ndarray, float]:
+    from ..rope import rope_parameters
+    p = rope_parameters(config, seq_len=seq_len)
+    return np.array(p.inv_freq), p.attention_scaling
+
+
+@cases_for("apply_rope")
+def _apply_rope_cases(s: KitSizes) -> list[Case]:
+    B, S, H, d, K = s.batch, s.seq, s.heads, s.head_dim, s.kv_len
+    op = "apply_rope"
+    common = {"hidden_size": H * d, "num_attention_heads": H, "max_position_embeddings": 131072}
+    llama3 = {**common, "rope_theta": 500000.0, "rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192}}
+    yarn = {**common, "rope_theta": 1000000.0, "max_position_embeddings": 32768, "rope_scaling": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192}}
+    inv_l3, _ = _inv_freq(llama3)
+    inv_yarn, yarn_scaling = _inv_freq(yarn)
+    quarter = (10000.0 ** (-np.arange(0, d // 2, 2) / (d // 2))).astype(F32)     # R = D/2 (partial)
+
+    def ar(lo: int, n: int) -> np.ndarray:
+        return np.arange(lo, lo + n, dtype=np.int64)
+
+    c = [
+        Case(op, "llama3", lambda r: (_randn(r, (B, H, S, d)), ar(K, S), inv_l3, 1.0), no_warnings=True),
+        Case(op, "yarn-scaling", lambda r: (_randn(r, (B, H, S, d)), ar(K, S), inv_yarn, yarn_scaling)),
+        Case(op, "partial-R", lambda r: (_randn(r, (B, H, S, d)), ar(K, S), quarter, 1.0)),
+        Case(op, "batch-positions", lambda r: (_randn(r, (B, H, S, d)), left_padded_positions(B, S, K), inv_l3,
+                                               1.0)),
+        Case(op, "decode-S1", lambda r: (_randn(r, (B, H, 1, d)), ar(K, 1), inv_l3, 1.0)),
+        Case(op, "long-positions", lambda r: (_randn(r, (B, H, S, d)), ar(100000, S), inv_l3, 1.0)),
+        Case(op, "noncontig-x", lambda r: (_noncontig(r, (B, H, S, d), (0, 2, 1, 3)), ar(K, S), inv_l3, 1.0)),
+        Case(op, "float16", lambda r: (_randn(r, (B, H, S, d), dtype=F16), ar(K, S), inv_l3, 1.0)),
+        Case(op, "zero-S", lambda r: (_randn(r, (B, H, 0, d)), ar(0, 0), inv_l3, 1.0)),
+        Case(op, "nan", lambda r: (_with_specials(_randn(r, (B, H, S, d)), {(0, 1, S - 1, 3): np.nan}), ar(K, S),
+                                   inv_l3, 1.0)),
+    ]
+    c.append(dataclasses.replace(c[1], name="native", native=True))
+    c += [
+        Case(op, "bad-inv-freq-too-long", lambda r: (_randn(r, (B, H, S, d)), ar(0, S),
+                                                     np.ones(d // 2 + 1, F32), 1.0), expect=ShapeError),
+        Case(op, "bad-inv-freq-float64", lambda r: (_randn(r, (B, H, S, d)), ar(0, S),
+                                                    inv_l3.astype(np.float64), 1.0), expect=DTypeError),
+        Case(op, "bad-scaling", lambda r: (_randn(r, (B, H, S, d)), ar(0, S), inv_l3, 0.0), expect=ArgumentError),
+        Case(op, "bad-positions-shape", lambda r: (_randn(r, (B, H, S, d)), np.zeros((B + 1, S), np.int64),
+                                                   inv_l3, 1.0), expect=ShapeError),
+    ]
+    return c
 
 
 @cases_for("gqa_attention")
@@ -440,6 +503,51 @@ def _attention_cases(s: KitSizes) -> list[Case]:
              no_warnings=True),
     ]
     c.append(dataclasses.replace(c[0], name="native", native=True))
+
+    def padding_mask(b: int, sk: int, pad_of_row: Any = None) -> np.ndarray:
+        """(B, Sk) bool: batch row i has ``i`` padding keys at the front (left padding)."""
+        m = np.ones((b, sk), bool)
+        for i in range(b):
+            m[i, :min(i if pad_of_row is None else pad_of_row(i), sk)] = False
+        return m
+
+    W = max(2, S // 2)
+    gemma_scale = float(2.0 * d) ** -0.5     # query_pre_attn_scalar = 2d: a scale other than 1/sqrt(d)
+    c += [                                   # contract v2: scale, softcap, sliding window, padding mask
+        Case(op, "scale", lambda r: (*qkv(r, B, H, KV, S, K + S), KV, True, gemma_scale)),
+        Case(op, "softcap", lambda r: (*qkv(r, B, H, KV, S, K + S, qscale=30.0), KV, True, None, None, 5.0),
+             no_warnings=True),
+        Case(op, "sliding-window-kv-offset", lambda r: (*qkv(r, B, H, KV, S, K + S), KV, True, None, W)),
+        Case(op, "sliding-window-prefill", lambda r: (*qkv(r, B, H, KV, S, S), KV, True, None, W)),
+        Case(op, "sliding-window-1", lambda r: (*qkv(r, B, H, KV, S, K + S), KV, True, None, 1)),
+        Case(op, "sliding-window-decode", lambda r: (*qkv(r, B, H, KV, 1, K + 1), KV, True, None, W)),
+        Case(op, "sliding-window-larger-than-sk", lambda r: (*qkv(r, B, H, KV, S, S), KV, True, None, K + 10 * S)),
+        Case(op, "kv-mask-left-padding", lambda r: (*qkv(r, B, H, KV, S, K + S), KV, True, None, None, None,
+                                                    padding_mask(B, K + S))),
+        Case(op, "kv-mask-fully-masked-rows", lambda r: (*qkv(r, B, H, KV, S, S), KV, True, None, None, None,
+                                                         padding_mask(B, S, lambda i: i * 3)), no_warnings=True),
+        Case(op, "kv-mask-non-causal", lambda r: (*qkv(r, B, H, KV, S, S), KV, False, None, None, None,
+                                                  padding_mask(B, S))),
+        Case(op, "kv-mask-window-leaves-nothing", lambda r: (*qkv(r, B, H, KV, S, S), KV, True, None, 2, None,
+                                                             padding_mask(B, S, lambda i: S - 1)),
+             no_warnings=True),
+        Case(op, "gemma2-all", lambda r: (*qkv(r, B, H, KV, S, K + S, qscale=10.0), KV, True, gemma_scale, W, 50.0,
+                                          padding_mask(B, K + S))),
+    ]
+    c.append(dataclasses.replace(c[-1], name="gemma2-native", native=True))
+    c += [
+        Case(op, "bad-window-0", lambda r: (*qkv(r, B, H, KV, S, S), KV, True, None, 0), expect=ArgumentError),
+        Case(op, "bad-window-non-causal", lambda r: (*qkv(r, B, H, KV, S, S), KV, False, None, W),
+             expect=ArgumentError),
+        Case(op, "bad-softcap", lambda r: (*qkv(r, B, H, KV, S, S), KV, True, None, None, -1.0), expect=ArgumentError),
+        Case(op, "bad-scale-nan", lambda r: (*qkv(r, B, H, KV, S, S), KV, True, float("nan")), expect=ArgumentError),
+        Case(op, "bad-mask-shape", lambda r: (*qkv(r, B, H, KV, S, S), KV, True, None, None, None,
+                                              np.ones((B, S + 1), bool)), expect=ShapeError),
+        Case(op, "bad-mask-dtype", lambda r: (*qkv(r, B, H, KV, S, S), KV, True, None, None, None,
+                                              np.ones((B, S), np.float32)), expect=DTypeError),
+        Case(op, "bad-batch", lambda r: (_randn(r, (2, H, S, d)), _randn(r, (1, KV, S, d)), _randn(r, (1, KV, S, d)),
+                                         KV, True), expect=ShapeError),
+    ]
     c += [
         Case(op, "bad-heads", lambda r: (*qkv(r, B, H, 3, S, S), 3, True), expect=ShapeError),
         Case(op, "bad-n-kv-heads", lambda r: (*qkv(r, B, H, KV, S, S), KV * 2, True), expect=ShapeError),
@@ -463,6 +571,7 @@ def _logits_cases(s: KitSizes) -> list[Case]:
             Case(op, "zero-batch", lambda r: (_randn(r, (0, S, D)), _weight(r, V, D))),
             Case(op, "nan", lambda r, n=nan_at: (_with_specials(_randn(r, (B, S, D)), n), _weight(r, V, D))),
         ]
+        c.append(Case(op, "softcap", lambda r: (_randn(r, (B, S, D), 10.0), _weight(r, V, D), 30.0)))
         if op == "all_logits_from_hidden":
             c.append(Case(op, "zero-S", lambda r: (_randn(r, (B, 0, D)), _weight(r, V, D))))
         c.append(dataclasses.replace(c[0], name="native", native=True))
@@ -471,9 +580,44 @@ def _logits_cases(s: KitSizes) -> list[Case]:
         c += [
             Case(op, "bad-hidden-size", lambda r: (_randn(r, (B, S, D)), _weight(r, V, D + 1)), expect=ShapeError),
             Case(op, "bad-dtype", lambda r: (np.ones((B, S, D), np.int16), _weight(r, V, D)), expect=DTypeError),
+            Case(op, "bad-softcap", lambda r: (_randn(r, (B, S, D)), _weight(r, V, D), 0.0), expect=ArgumentError),
         ]
         out += c
     return out
+
+
+@cases_for("embedding")
+def _embedding_cases(s: KitSizes) -> list[Case]:
+    B, S, D, V = s.batch, s.seq, s.hidden, s.vocab
+    op = "embedding"
+
+    def ids(r: np.random.Generator, b: int, n: int, dtype: Any = np.int64) -> np.ndarray:
+        out = r.integers(0, V, size=(b, n)).astype(dtype)
+        if out.size:
+            out.flat[0], out.flat[-1] = 0, V - 1           # both ends of the table
+        return out
+
+    c = [
+        Case(op, "prefill", lambda r: (ids(r, B, S), _randn(r, (V, D)))),
+        Case(op, "decode-S1", lambda r: (ids(r, B, 1), _randn(r, (V, D)))),
+        Case(op, "float16-table", lambda r: (ids(r, B, S), _randn(r, (V, D), dtype=F16))),
+        Case(op, "int32-ids", lambda r: (ids(r, B, S, np.int32), _randn(r, (V, D)))),
+        Case(op, "repeated-ids", lambda r: (np.full((B, S), 7, np.int64), _randn(r, (V, D)))),
+        Case(op, "noncontig-table", lambda r: (ids(r, B, S), _randn(r, (D, V)).T)),
+        Case(op, "nan-table", lambda r: (np.full((B, S), 5, np.int64), _with_specials(_randn(r, (V, D)),
+                                                                                    {(5, 1): np.nan, (5, 2): np.inf}))),
+        Case(op, "zero-S", lambda r: (ids(r, B, 0), _randn(r, (V, D)))),
+    ]
+    c.append(dataclasses.replace(c[0], name="native", native=True))
+    c += [
+        Case(op, "bad-id-too-large", lambda r: (np.full((B, S), V, np.int64), _randn(r, (V, D))),
+             expect=ArgumentError),
+        Case(op, "bad-negative-id", lambda r: (np.full((B, S), -1, np.int64), _randn(r, (V, D))),
+             expect=ArgumentError),
+        Case(op, "bad-ids-dtype", lambda r: (np.zeros((B, S), np.float32), _randn(r, (V, D))), expect=DTypeError),
+        Case(op, "bad-ids-rank", lambda r: (np.zeros((B * S,), np.int64), _randn(r, (V, D))), expect=ShapeError),
+    ]
+    return c
 
 
 def build_cases(size: str | KitSizes = "small", ops: Any = None) -> list[Case]:

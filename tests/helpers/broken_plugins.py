@@ -73,10 +73,10 @@ BROKEN = [
     ("wrapper", with_hook("@hookimpl(wrapper=True)\ndef silu(x):\n    return (yield)\n"), PluginValidationError,
      r"silu is a hook wrapper; sapient_core calls each plugin's implementation directly"),
     ("api-too-old", caps_src(api_version=0), IncompatiblePluginError,
-     r"\(fake-bad 0\.3\) was built for hook API version 0, but sapient-core \S+ speaks version 1 \(and "
-     r"accepts 1\)\. To remedy this: pip install --upgrade fake-bad"),
+     r"\(fake-bad 0\.3\) was built for hook API version 0, but sapient-core \S+ speaks version 2 \(and "
+     r"accepts 1, 2\)\. To remedy this: pip install --upgrade fake-bad"),
     ("api-too-new", caps_src(api_version=9), IncompatiblePluginError,
-     r"was built for hook API version 9, but sapient-core \S+ speaks version 1 \(and accepts 1\)\. To remedy "
+     r"was built for hook API version 9, but sapient-core \S+ speaks version 2 \(and accepts 1, 2\)\. To remedy "
      r"this: pip install --upgrade sapient-core"),
     ("caps-unknown-key", caps_src(priorty=3), PluginValidationError,
      r"backend_capabilities\(\)\['priorty'\] is not a known key \(the known keys are api_version, device, "

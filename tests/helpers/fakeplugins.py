@@ -34,7 +34,7 @@ _MISSING = object()
 
 
 def caps_dict(*, device: str = "metal", available: bool = True, reason: str = "", priority: int = 10,
-              thread_safe: bool = True, api_version: int = 1, **extra: Any) -> dict[str, Any]:
+              thread_safe: bool = True, api_version: int = 2, **extra: Any) -> dict[str, Any]:
     caps = {"api_version": api_version, "device": device, "available": available, "priority": priority,
             "thread_safe": thread_safe, "description": f"fake {device} plugin"}
     if reason:

@@ -20,7 +20,7 @@ from sapient_backend_cpu import kernels
 
 @hookimpl
 def backend_capabilities():
-    return {"api_version": 1, "device": "cpu", "available": True, "thread_safe": True,
+    return {"api_version": 2, "device": "cpu", "available": True, "thread_safe": True,
             "description": "planted: %s"}
 '''
 

@@ -17,7 +17,14 @@ def _rand(*shape, seed=0):
 
 
 def valid_args(op: str) -> tuple:
-    """Positional arguments for ``op``: B=2, S=3, hidden 8, 4 query heads and 2 KV heads of 4."""
+    """Positional arguments for ``op`` (every argument of the hook, defaults filled in): B=2, S=3, hidden 8,
+    4 query heads and 2 KV heads of 4."""
+    from sapient_core import OPS
+    args = _valid_args(op)
+    return args + tuple(a.default for a in OPS[op].args[len(args):])
+
+
+def _valid_args(op: str) -> tuple:
     x3 = _rand(2, 3, 8)
     x4 = _rand(2, 4, 3, 4, seed=1)
     table = {
@@ -31,9 +38,11 @@ def valid_args(op: str) -> tuple:
         "mul": (x3, _rand(3, 1, seed=7)),
         "apply_rope_positions": (x4, np.array([0, 5, 9]), 10000.0),
         "apply_rope_partial": (x4, np.array([3, 4, 5]), 10000.0, 2),
+        "apply_rope": (x4, np.array([[0, 1, 2], [1, 0, 1]]), np.array([1.0, 0.01], np.float32), 1.25),
         "gqa_attention": (x4, _rand(2, 2, 5, 4, seed=8), _rand(2, 2, 5, 4, seed=9), 2, True),
         "logits_from_hidden": (x3, _rand(11, 8, seed=10)),
         "all_logits_from_hidden": (x3, _rand(11, 8, seed=10)),
+        "embedding": (np.array([[0, 3, 10], [2, 2, 1]]), _rand(11, 8, seed=11)),
     }
     return table[op]
 
@@ -79,7 +88,8 @@ INVALID = [
     ("mul", (x3, np.ones(8, np.float64)), "DTypeError", r"^mul: b has dtype float64",
      {"a": (2, 3, 8), "b": (8,)}),
     ("apply_rope_positions", (x4, np.arange(4), 10000.0), "ShapeError",
-     r"^apply_rope_positions: positions must have shape \(3,\), one per sequence position "
+     r"^apply_rope_positions: positions must have shape \(3,\), one per sequence position, or \(1, 3\), one row "
+     r"per batch row "
      r"\(x \(1, 4, 3, 8\), positions \(4,\)\)$", {"x": (1, 4, 3, 8), "positions": (4,)}),
     ("apply_rope_positions", (x4, np.array([0.0, 1.0, 2.0]), 10000.0), "DTypeError",
      r"^apply_rope_positions: positions must have an integer dtype, got float64 "
@@ -104,6 +114,25 @@ INVALID = [
     ("logits_from_hidden", (x3, _rand(11, 7)), "ShapeError",
      r"^logits_from_hidden: hidden size 8 does not match lm_head's 7 \(hidden \(2, 3, 8\), lm_head \(11, 7\)\)$",
      {"hidden": (2, 3, 8), "lm_head": (11, 7)}),
+    ("apply_rope", (x4, np.arange(3), np.ones(5, np.float32), 1.0), "ShapeError",
+     r"^apply_rope: inv_freq must have shape \(R/2,\) with 1 <= R/2 <= D/2 = 4 \(R = 2 \* len\(inv_freq\) channels "
+     r"are rotated\) \(x \(1, 4, 3, 8\), inv_freq \(5,\)\)$", {"x": (1, 4, 3, 8), "inv_freq": (5,)}),
+    ("apply_rope", (x4, np.zeros((2, 3), np.int64), np.ones(2, np.float32), 1.0), "ShapeError",
+     r"^apply_rope: positions must have shape \(3,\), one per sequence position, or \(1, 3\), one row per batch "
+     r"row \(x \(1, 4, 3, 8\), positions \(2, 3\)\)$", {"x": (1, 4, 3, 8), "positions": (2, 3)}),
+    ("gqa_attention", (q[:, :12], k6[:, :, :2], k6[:, :, :2], 6, False, None, None, None, np.ones((1, 3), bool)),
+     "ShapeError", r"^gqa_attention: kv_mask must have shape \(B, Sk\) = \(1, 2\) \(q \(1, 12, 4, 64\), "
+     r"k \(1, 6, 2, 64\), v \(1, 6, 2, 64\), kv_mask \(1, 3\)\)$",
+     {"q": (1, 12, 4, 64), "k": (1, 6, 2, 64), "v": (1, 6, 2, 64), "kv_mask": (1, 3)}),
+    ("gqa_attention", (q[:, :12], k6[:, :, :5], k6[:, :, :5], 6, True, None, None, None, np.ones((1, 5), np.int8)),
+     "DTypeError", r"^gqa_attention: kv_mask must have a bool dtype \(False: a key never to attend\), got int8\. "
+     r"To remedy this, pass kv_mask != 0", {"q": (1, 12, 4, 64), "k": (1, 6, 5, 64), "v": (1, 6, 5, 64),
+                                           "kv_mask": (1, 5)}),
+    ("embedding", (np.array([[0, 11]]), _rand(11, 8)), "ArgumentError",
+     r"^embedding: id 11 at \(0, 1\) is outside the vocabulary \[0, 11\) of table \(ids \(1, 2\), table \(11, 8\)\)$",
+     {"ids": (1, 2), "table": (11, 8)}),
+    ("embedding", (np.array([0, 1]), _rand(11, 8)), "ShapeError",
+     r"^embedding: ids must be 2-D \(B, S\), got 1-D \(ids \(2,\), table \(11, 8\)\)$", {"ids": (2,), "table": (11, 8)}),
     ("all_logits_from_hidden", (x3, _rand(2, 11, 8)), "ShapeError",
      r"^all_logits_from_hidden: lm_head must be 2-D \(vocab, h\), got 3-D", {"hidden": (2, 3, 8),
                                                                            "lm_head": (2, 11, 8)}),
