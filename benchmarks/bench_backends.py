@@ -45,7 +45,9 @@ import numpy as np
 import sapient_core
 from sapient_core.reporting import format_table
 from sapient_core.testing.bench import run_bench
-from sapient_core.testing.llama import Llama, LlamaConfig, random_weights
+from sapient_core.testing.models import Decoder as Llama
+from sapient_core.testing.models import DecoderConfig as LlamaConfig
+from sapient_core.testing.models import random_weights
 
 ISSUE_MODEL = LlamaConfig(hidden_size=2048, num_attention_heads=32, num_key_value_heads=8,
                           intermediate_size=5632, num_hidden_layers=4, vocab_size=32000)
@@ -95,12 +97,8 @@ def step_weight_bytes(config: LlamaConfig, weights: dict[str, np.ndarray]) -> in
 
 def decode_step(backend, config: LlamaConfig, weights: dict[str, np.ndarray], kv_len: int, steps: int,
                 seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    shape = (1, config.num_key_value_heads, kv_len, config.head_dim)
-    cache = [(backend.from_numpy(rng.standard_normal(shape).astype(np.float32)),
-              backend.from_numpy(rng.standard_normal(shape).astype(np.float32)))
-             for _ in range(config.num_hidden_layers)]
     model = Llama(backend, config, weights)
+    cache = model.random_state(1, kv_len, seed)
     backend.reset_stats()
     t0 = time.perf_counter()
     logits, cache = model(np.array([[1]]), cache)              # step 1: uploads the weights

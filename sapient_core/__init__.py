@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .memory import FitDecision, FitPolicy
     from .models import (BackendInfo, Candidate, Capabilities, CapabilityReport, Explanation, MemoryInfo, OpStats,
                          Stats)
+    from .kvcache import KVCache
     from .registry import Registry
     from .rope import RopeParameters, rope_parameters
 
@@ -42,7 +43,7 @@ __all__ = [
     "default_registry", "rope_parameters",
     # types
     "Backend", "Registry", "BackendInfo", "Candidate", "Explanation", "Capabilities", "CapabilityReport",
-    "MemoryInfo", "FitPolicy", "FitDecision", "Stats", "OpStats", "OpSpec", "Arg", "OPS", "RopeParameters",
+    "MemoryInfo", "FitPolicy", "FitDecision", "Stats", "OpStats", "OpSpec", "Arg", "OPS", "RopeParameters", "KVCache",
     # errors and warnings
     "SapientError", "BackendNotFoundError", "BackendUnavailableError", "PluginLoadError",
     "PluginValidationError", "IncompatiblePluginError", "ShapeError", "DTypeError", "ArgumentError", "OpDeclined",
@@ -56,7 +57,7 @@ _LAZY = {
     "BackendInfo": "models", "Candidate": "models", "Explanation": "models", "Capabilities": "models",
     "CapabilityReport": "models", "MemoryInfo": "models", "Stats": "models", "OpStats": "models",
     "FitPolicy": "memory", "FitDecision": "memory",
-    "rope_parameters": "rope", "RopeParameters": "rope",
+    "rope_parameters": "rope", "RopeParameters": "rope", "KVCache": "kvcache",
 }
 
 

@@ -12,7 +12,7 @@ the kit's tests).  Elsewhere, :func:`run_conformance` returns a :class:`Report`,
 
 Modules: :mod:`.cases` (what is run), :mod:`.tolerances` (the published tolerances), :mod:`.conformance`
 (the runner), :mod:`.bench` (timings against the CPU reference), :mod:`.oracle` (float64 formulas),
-:mod:`.llama` (a small model composed from the ops).  The names below are imported on first use, so
+:mod:`.models` (today's decoders composed from the ops: a worked engine).  The names below are imported on first use, so
 loading the pytest plugin costs nothing until the kit runs.
 """
 

@@ -221,3 +221,30 @@ class OracleBackend:
     @staticmethod
     def concatenate(arrays, axis=0):
         return np.concatenate([np.asarray(a) for a in arrays], axis)
+
+    # The layout methods of sapient_core.Backend, in float64 NumPy (the engine of .models uses them).
+    @staticmethod
+    def reshape(x, shape):
+        return np.reshape(x, shape)
+
+    @staticmethod
+    def transpose(x, axes):
+        return np.transpose(x, axes)
+
+    @staticmethod
+    def slice(x, axis, start, stop):
+        return x[(slice(None),) * (axis % x.ndim) + (slice(start, stop),)]
+
+    @staticmethod
+    def zeros(shape):
+        return np.zeros(shape, np.float64)
+
+    @staticmethod
+    def write(dst, src, axis, start):
+        axis = axis % dst.ndim
+        dst[(slice(None),) * axis + (slice(start, start + src.shape[axis]),)] = src
+        return dst
+
+    @staticmethod
+    def eval(*arrays):
+        return None

@@ -1,4 +1,4 @@
-"""A small Llama-style decoder composed from the ops (sapient_core.testing.llama): prefill, then
+"""A small Llama-style decoder composed from the ops (sapient_core.testing.models): prefill, then
 KV-cache decode steps, on the CPU backend against the float64 OracleBackend; and decode-step logits
 against the prefill logits of the whole sequence (the KV cache, the RoPE offsets and the causal offset
 must agree with recomputing everything)."""
@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sapient_core.testing.llama import Llama, LlamaConfig, random_weights
+from sapient_core.testing.models import Decoder as Llama
+from sapient_core.testing.models import DecoderConfig as LlamaConfig
+from sapient_core.testing.models import random_weights
 from sapient_core.testing.oracle import OracleBackend
 
 CONFIG = LlamaConfig(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, intermediate_size=512,
@@ -43,7 +45,8 @@ def test_prefill_then_decode_matches_the_oracle(models):
         logits, cache = model(tokens[:, step:step + 1], cache)
         want, ref_cache = ref(tokens[:, step:step + 1], ref_cache)
         _close(logits, want, f"decode step {step}")
-    assert cache[0][0].shape == (2, CONFIG.num_key_value_heads, 11, CONFIG.head_dim)
+    layer = cache.cache[0]
+    assert layer.offset == 11 and layer.keys.shape == (2, CONFIG.num_key_value_heads, 256, CONFIG.head_size)
 
 
 def test_decode_logits_equal_prefill_logits_of_the_full_sequence(models):

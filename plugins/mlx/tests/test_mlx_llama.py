@@ -12,7 +12,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from sapient_core.testing.llama import Llama, LlamaConfig, random_weights
+from sapient_core.testing.models import Decoder as Llama
+from sapient_core.testing.models import DecoderConfig as LlamaConfig
+from sapient_core.testing.models import random_weights
 from sapient_core.testing.oracle import OracleBackend
 
 CONFIG = LlamaConfig(hidden_size=64, num_attention_heads=8, num_key_value_heads=2, intermediate_size=96,
@@ -45,8 +47,9 @@ def test_prefill_and_decode_match_the_cpu_backend_and_the_oracle(mlx, cpu, weigh
     for step, (g, w) in enumerate(zip(got, want)):
         assert g.dtype == np.float32 and g.shape == (2, CONFIG.vocab_size)
         np.testing.assert_allclose(g, w, rtol=0, atol=ATOL, err_msg=f"step {step}")
-    assert isinstance(cache[0][0], mx.array)                  # the KV cache stays on the device
-    assert cache[0][0].shape == (2, CONFIG.num_key_value_heads, 6 + 3, CONFIG.head_dim)
+    layer = cache.cache[0]
+    assert isinstance(layer.keys, mx.array)                   # the KV cache stays on the device
+    assert layer.offset == 6 + 3 and layer.keys.shape == (2, CONFIG.num_key_value_heads, 256, CONFIG.head_size)
     ops = mlx.stats().ops
     assert all(s.fallbacks == 0 and s.routed == 0 for s in ops.values())
     assert ops["gqa_attention"].implemented_by == "mlx"
