@@ -94,8 +94,10 @@ _LOCK = device.LOCK
 
 #: Evaluate each op once per new kind of input (see the module docstring).  Set False to skip.
 PROBE = True
-_PROBED: set = set()
-_PENDING: "collections.Counter[str]" = collections.Counter()
+_PROBED: set = set()              # (op, static, input kinds) already checked
+_SEEN: set = set()                # exact (op, static, dtype, shapes) whose kind is in _PROBED (bounded)
+_SEEN_MAX = 4096
+_PENDING: dict[str, int] = {}     # op -> results built since the last successful evaluation
 _STATS = {"evaluations": 0, "failures": 0, "retries": 0, "probes": 0, "probe_failures": 0}
 
 
@@ -121,7 +123,7 @@ def _is_allocation_failure(exc: BaseException) -> bool:
 def _pending_text() -> str:
     if not _PENDING:
         return "no op of the plugin"
-    return ", ".join(f"{op} x{n}" for op, n in _PENDING.most_common())
+    return ", ".join(f"{op} x{n}" for op, n in sorted(_PENDING.items(), key=lambda kv: -kv[1]))
 
 
 def _eval(arrays: list, what: str) -> None:
@@ -170,29 +172,40 @@ def _kind(a) -> tuple:
     return (a.dtype, tuple(d.bit_length() for d in a.shape))
 
 
-def _done(op: str, result, inputs: tuple, static: Any = None):
-    """Count ``result`` as pending and, the first time ``op`` sees inputs of this kind, evaluate it."""
-    _PENDING[op] += 1
+def _done(op: str, result, a, b=None, static: Any = None):
+    """Count ``result`` as pending and, the first time ``op`` sees inputs of this kind, evaluate it.
+
+    ``a`` and ``b`` are the op's main inputs (``mx.array``s); the kind is their dtype and shapes with
+    each dimension rounded up to a power of two, so a growing KV cache is checked once per doubling.
+    The exact shapes already covered are remembered, which keeps the common path to one set lookup.
+    """
+    _PENDING[op] = _PENDING.get(op, 0) + 1
     if PROBE:
-        key = (op, static) + tuple(_kind(a) for a in inputs)
-        if key not in _PROBED:
-            _probe(op, key, inputs, result)
+        exact = (op, static, a.dtype, a.shape, None if b is None else b.shape)
+        if exact not in _SEEN:
+            _check_kind(op, exact, result, a, b, static)
     return result
 
 
-def _probe(op: str, key: tuple, inputs: tuple, result) -> None:
-    with _LOCK:
-        _STATS["probes"] += 1
-        try:
-            _eval([a for a in inputs if a.__class__ is _MX_ARRAY], f"{op} (its inputs)")
-        except MLXEvaluationError:
-            return            # an earlier op's failure: it shows where its result is evaluated
-        try:
-            _eval([result], op)
-        except MLXEvaluationError:
-            _STATS["probe_failures"] += 1
-            raise
-        _PROBED.add(key)
+def _check_kind(op: str, exact: tuple, result, a, b, static) -> None:
+    inputs = (a,) if b is None else (a, b)
+    key = (op, static) + tuple(_kind(x) for x in inputs)
+    if key not in _PROBED:
+        with _LOCK:
+            _STATS["probes"] += 1
+            try:
+                _eval(list(inputs), f"{op} (its inputs)")
+            except MLXEvaluationError:
+                return        # an earlier op's failure: it shows where its result is evaluated
+            try:
+                _eval([result], op)
+            except MLXEvaluationError:
+                _STATS["probe_failures"] += 1
+                raise
+            _PROBED.add(key)
+    if len(_SEEN) >= _SEEN_MAX:
+        _SEEN.clear()
+    _SEEN.add(exact)
 
 
 def evaluation_stats() -> dict[str, int]:
@@ -311,19 +324,19 @@ def _dev(x):
 
 @_on_stream
 def concatenate(arrays, axis):
-    _PENDING["concatenate"] += 1
+    _PENDING["concatenate"] = _PENDING.get("concatenate", 0) + 1
     return mx.concatenate([_dev(a) for a in arrays], axis=axis)
 
 
 @_on_stream
 def reshape(x, shape):
-    _PENDING["reshape"] += 1
+    _PENDING["reshape"] = _PENDING.get("reshape", 0) + 1
     return mx.reshape(_dev(x), tuple(shape))
 
 
 @_on_stream
 def transpose(x, axes):
-    _PENDING["transpose"] += 1
+    _PENDING["transpose"] = _PENDING.get("transpose", 0) + 1
     return mx.transpose(_dev(x), tuple(axes))
 
 
@@ -338,7 +351,7 @@ def write(dst, src, axis, start):
     """``dst`` with ``src`` written along ``axis`` from ``start`` (what mlx-lm's KVCache does by slice
     assignment).  Returns the updated array; rebind to it (``cache = write(cache, k, 2, t)``) so that
     the old one is dropped and MLX updates the buffer in place when it evaluates."""
-    _PENDING["write"] += 1
+    _PENDING["write"] = _PENDING.get("write", 0) + 1
     d = _dev(dst)
     s = _dev(src)
     if s.dtype != d.dtype:
@@ -349,7 +362,7 @@ def write(dst, src, axis, start):
 @_on_stream
 def slice(x, axis, start, stop):  # noqa: A001 - the helper's name in the backend API
     """``x[..., start:stop, ...]`` along ``axis`` (e.g. the filled prefix of a KV cache)."""
-    _PENDING["slice"] += 1
+    _PENDING["slice"] = _PENDING.get("slice", 0) + 1
     x = _dev(x)
     index = [builtins.slice(None)] * x.ndim
     index[axis] = builtins.slice(int(start), int(stop))
@@ -364,14 +377,14 @@ def linear_3d(x, weight):
     w = _w32(weight)
     if x.shape[2] == 0:
         return mx.zeros((x.shape[0], x.shape[1], w.shape[0]), dtype=_F32)
-    return _done("linear_3d", mx.matmul(x, w.T), (x, w))
+    return _done("linear_3d", mx.matmul(x, w.T), x, w)
 
 
 @_on_stream
 def linear_3d_bias(x, weight, bias):
     y = linear_3d(x, weight)
     if bias is not None:
-        y = _done("linear_3d_bias", y + _w32(bias), (y,))
+        y = _done("linear_3d_bias", y + _w32(bias), y)
     return y
 
 
@@ -383,7 +396,7 @@ def rms_norm(x, weight, eps):
     w = _w32(weight)
     if x.size == 0:
         return mx.zeros(x.shape, dtype=_F32)
-    return _done("rms_norm", mx.fast.rms_norm(x, w, float(eps)), (x, w))
+    return _done("rms_norm", mx.fast.rms_norm(x, w, float(eps)), x, w)
 
 
 @_on_stream
@@ -394,7 +407,7 @@ def layer_norm(x, weight, bias, eps):
     if x.size == 0:
         return mx.zeros(x.shape, dtype=_F32)
     xc = x - mx.mean(x, axis=-1, keepdims=True)
-    return _done("layer_norm", mx.fast.layer_norm(xc, w, b, float(eps)), (x, w), b is None)
+    return _done("layer_norm", mx.fast.layer_norm(xc, w, b, float(eps)), x, w, b is None)
 
 
 # --- activations ------------------------------------------------------------------------------------
@@ -402,7 +415,7 @@ def layer_norm(x, weight, bias, eps):
 @_on_stream
 def silu(x):
     x = _act(x)
-    return _done("silu", x * mx.sigmoid(x), (x,))
+    return _done("silu", x * mx.sigmoid(x), x)
 
 
 # erfc(a) for a >= 0 as t * exp(-a^2 + P(t)), t = 1 / (1 + a/2) (Numerical Recipes' erfcc, fractional
@@ -426,11 +439,11 @@ def gelu(x, approximate):
     x = _act(x)
     if approximate == "tanh":
         z = x * (1.0 + 0.044715 * (x * x)) * _TWO_SQRT_2_OVER_PI
-        return _done("gelu", x * mx.sigmoid(z), (x,), approximate)
+        return _done("gelu", x * mx.sigmoid(z), x, None, approximate)
     # 0.5 x (1 + erf(x / sqrt 2)) == 0.5 x erfc(-x / sqrt 2): evaluated directly for x < 0 (accurate in
     # the tail), as x (1 - 0.5 erfc(x / sqrt 2)) for x >= 0 (so that gelu(+inf) = +inf).
     e = _erfc_nonneg(mx.abs(x) * _INV_SQRT2)
-    return _done("gelu", mx.where(x < 0, 0.5 * x * e, x * (1.0 - 0.5 * e)), (x,), approximate)
+    return _done("gelu", mx.where(x < 0, 0.5 * x * e, x * (1.0 - 0.5 * e)), x, None, approximate)
 
 
 # --- elementwise ------------------------------------------------------------------------------------
@@ -438,13 +451,13 @@ def gelu(x, approximate):
 @_on_stream
 def add(a, b):
     a, b = _act(a), _act(b)
-    return _done("add", mx.add(a, b), (a, b))
+    return _done("add", mx.add(a, b), a, b)
 
 
 @_on_stream
 def mul(a, b):
     a, b = _act(a), _act(b)
-    return _done("mul", mx.multiply(a, b), (a, b))
+    return _done("mul", mx.multiply(a, b), a, b)
 
 
 # --- rope -------------------------------------------------------------------------------------------
@@ -494,7 +507,7 @@ def _rope(op: str, x, positions, inv_freq64: np.ndarray, scaling: float):
     parts = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
     if rot < x.shape[-1]:
         parts.append(x[..., rot:])
-    return _done(op, mx.concatenate(parts, axis=-1), (x, table))
+    return _done(op, mx.concatenate(parts, axis=-1), x, table)
 
 
 def _base_inv_freq(base: float, rotary_dim: int) -> np.ndarray:
@@ -594,7 +607,7 @@ def gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, k
     if seen is not None:
         out = mx.where(seen, out, 0.0)
     static = (bool(causal), sliding_window is not None, softcap is not None, kv_mask is not None)
-    return _done("gqa_attention", out, (q, k), static)
+    return _done("gqa_attention", out, q, k, static)
 
 
 # --- logits -----------------------------------------------------------------------------------------
@@ -644,4 +657,4 @@ def embedding(ids, table):
         idx = _upload(_host(ids).astype(np.int32, copy=False))
     out = mx.take(t, idx, axis=0)
     out = out if out.dtype == _F32 else out.astype(_F32)
-    return _done("embedding", out, (t, idx))
+    return _done("embedding", out, t, idx)

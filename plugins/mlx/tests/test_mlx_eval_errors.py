@@ -56,6 +56,7 @@ class MLXWith:
 def fresh_probes(monkeypatch):
     """Forget which (op, input kind) pairs were already checked, so that the next call is checked."""
     monkeypatch.setattr(kernels, "_PROBED", set(), raising=False)
+    monkeypatch.setattr(kernels, "_SEEN", set(), raising=False)
 
 
 @pytest.fixture
