@@ -356,7 +356,21 @@ def write(dst, src, axis, start):
     s = _dev(src)
     if s.dtype != d.dtype:
         s = s.astype(d.dtype)
-    return mx.slice_update(d, s, mx.array([int(start)], dtype=mx.int32), [int(axis)])
+    return mx.slice_update(d, s, _start_index(int(start)), [int(axis)])
+
+
+_START_INDICES: "collections.OrderedDict[int, Any]" = collections.OrderedDict()
+
+
+def _start_index(start: int):
+    """The (1,) int32 start of ``write`` on the device, shared by the layers of a step (a 4-byte upload)."""
+    with _LOCK:
+        index = _START_INDICES.get(start)
+        if index is None:
+            index = _START_INDICES[start] = _upload(np.array([start], np.int32))
+            while len(_START_INDICES) > 8:
+                _START_INDICES.popitem(last=False)
+        return index
 
 
 @_on_stream
@@ -597,7 +611,7 @@ def gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, k
     kvh = k.shape[1]
     if softcap is not None:
         out = _scores_attention(q, k, v, scale, float(softcap), mask)
-    elif sq == 1 and h > kvh and (mask is None or not isinstance(mask, str)):
+    elif sq == 1 and h > kvh:                      # (mask is None or an array: "causal" needs Sq > 1)
         # Decode: fold each KV head's G query heads into the query axis (multi-head, Sq = G).
         g = h // kvh
         out = mx.fast.scaled_dot_product_attention(q.reshape(b, kvh, g, d), k, v, scale=scale, mask=mask)
