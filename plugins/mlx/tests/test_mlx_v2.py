@@ -358,3 +358,31 @@ def test_the_v2_plugin_functions_forward_to_the_kernels(rng):
                  "backend_reshape", "backend_transpose"):
         assert not hasattr(getattr(plugin, name), "sapient_core_impl"), f"{name} must not be a hookimpl yet"
     assert math.isfinite(float(host(plugin.gqa_attention(x, x, x, 2, True)).sum()))
+
+
+def test_a_left_padded_batch_gives_each_prompt_what_it_gives_alone(rng):
+    # Two prompts (lengths 5 and 2) in one left-padded batch: [B, S] positions (transformers'
+    # cumsum(mask) - 1, padding at 1) for RoPE, kv_mask for attention.  Each prompt's real rows must equal
+    # what the prompt gives unpadded, and the padding rows must be finite.
+    h, kv, d, s = 4, 2, 64, 5
+    lengths = [5, 2]
+    tokens = [(f32(rng, 1, h, n, d), f32(rng, 1, kv, n, d), f32(rng, 1, kv, n, d)) for n in lengths]
+    q = np.zeros((2, h, s, d), np.float32)
+    k = np.zeros((2, kv, s, d), np.float32)
+    v = np.zeros((2, kv, s, d), np.float32)
+    mask = np.zeros((2, s), bool)
+    for b, (n, (tq, tk, tv)) in enumerate(zip(lengths, tokens)):
+        q[b, :, s - n:], k[b, :, s - n:], v[b, :, s - n:] = tq[0], tk[0], tv[0]
+        mask[b, s - n:] = True
+    positions = np.where(mask, np.cumsum(mask, axis=1) - 1, 1)
+    qr = kernels.apply_rope_positions(q, positions, 10000.0)
+    kr = kernels.apply_rope_positions(k, positions, 10000.0)
+    batch = host(kernels.gqa_attention(qr, kr, v, kv, True, None, None, None, mask))
+    assert np.isfinite(batch).all()
+    for b, (n, (tq, tk, tv)) in enumerate(zip(lengths, tokens)):
+        alone = host(kernels.gqa_attention(kernels.apply_rope_positions(tq, np.arange(n), 10000.0),
+                                           kernels.apply_rope_positions(tk, np.arange(n), 10000.0), tv, kv, True,
+                                           None, None, None, None))
+        # The same float32 arithmetic over the same keys, reduced in another order: ~1e-7 here; 1e-5
+        # leaves room for a GPU kernel that tiles the padded and unpadded calls differently.
+        np.testing.assert_allclose(batch[b, :, s - n:], alone[0], rtol=0, atol=1e-5, err_msg=f"prompt {b}")
