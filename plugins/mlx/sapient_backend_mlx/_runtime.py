@@ -9,20 +9,35 @@ that a broken MLX is not re-imported on every call.
 Before the import, ``MLX_ENABLE_TF32`` is set to ``0`` unless the environment already sets it:
 MLX otherwise runs float32 matmul-family operations (matmul, attention) at reduced TF32-class
 precision on hardware that has it (NVIDIA Ampere and later, Apple M5-class GPUs), and the contract
-asks for float32.  MLX reads the variable when it first needs it, so this works as long as no
-float32 matmul ran in the process before; :func:`precision` says what is in force.
+asks for float32.  MLX reads the variable once, when it first needs it (a static in
+``mlx/utils.h``), so this works as long as no float32 matmul ran in the process before;
+:func:`precision` says what is in force.  It is the one piece of process-wide state the plugin
+changes, and it says so: :func:`global_state` lists it (``backend.stats()["plugin"]["global_state"]``),
+an INFO record on the ``sapient_core`` logger announces it, and child processes inherit the
+variable (set ``MLX_ENABLE_TF32`` yourself, to 0 or 1, to decide for the whole process tree).  The
+plugin never calls ``mx.set_default_device`` / ``mx.set_default_stream``, never changes MLX's memory
+or cache limits, and only releases MLX's buffer cache (``mx.clear_cache()``) to retry an evaluation
+that failed to allocate memory.
+
+:class:`MLXEvaluationError` is raised when MLX fails to *evaluate* a result at one of the plugin's
+evaluation points (``evaluate``, ``to_numpy``, a logits op's input); it names the ops that were
+pending.  It lives here, with no MLX import, so that ``sapient_backend_mlx`` can export it cheaply.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import platform
 import sys
 import threading
 from typing import Any
 
-__all__ = ["MLXUnavailable", "import_mlx", "precision", "install_remedy", "MLX_REQUIREMENT"]
+__all__ = ["MLXUnavailable", "MLXEvaluationError", "import_mlx", "precision", "global_state",
+           "install_remedy", "MLX_REQUIREMENT"]
+
+logger = logging.getLogger("sapient_core")
 
 #: The MLX versions this plugin is built and tested against (kept in step with pyproject.toml).
 MLX_REQUIREMENT = ">=0.32,<0.33"
@@ -30,6 +45,7 @@ MLX_REQUIREMENT = ">=0.32,<0.33"
 _lock = threading.Lock()
 _state: tuple[str, Any] | None = None          # ("ok", mlx.core) or ("error", MLXUnavailable)
 _precision: str = "not determined yet (MLX not imported by the plugin)"
+_global_state: list[str] = []
 
 
 class MLXUnavailable(Exception):
@@ -44,6 +60,20 @@ class MLXUnavailable(Exception):
         super().__init__(reason)
         self.reason = reason
         self.missing = missing
+        self.error = error
+
+
+class MLXEvaluationError(RuntimeError):
+    """MLX failed to evaluate a result on the device (allocation, command buffer, stream ...).
+
+    :ivar pending: op name -> how many results of that op were built since the plugin's last
+        successful evaluation (what the failed graph may contain).
+    :ivar error: the original exception, as ``"Type: message"``.
+    """
+
+    def __init__(self, message: str, *, pending: dict[str, int] | None = None, error: str = ""):
+        super().__init__(message)
+        self.pending = dict(pending or {})
         self.error = error
 
 
@@ -99,6 +129,12 @@ def import_mlx() -> Any:
                 env = os.environ.get("MLX_ENABLE_TF32")
                 if env is None:
                     os.environ["MLX_ENABLE_TF32"] = "0"
+                    _global_state.append("MLX_ENABLE_TF32=0 (os.environ, set by sapient-backend-mlx before "
+                                         "importing MLX; child processes inherit it)")
+                    logger.info("sapient-backend-mlx set MLX_ENABLE_TF32=0 in this process's environment "
+                                "(child processes inherit it) so that float32 matmuls and attention run in "
+                                "true float32 on NVIDIA Ampere+ and Apple M5-class GPUs; set "
+                                "MLX_ENABLE_TF32 before starting Python to decide otherwise")
                 try:
                     mx = _import_core()
                 except BaseException as exc:  # noqa: BLE001 - any import failure means "unavailable"
@@ -130,3 +166,8 @@ def _precision_note(env: str | None, already_imported: bool) -> str:
 def precision() -> str:
     """What MLX does with float32 matmuls in this process (for stats and listings)."""
     return _precision
+
+
+def global_state() -> list[str]:
+    """The process-wide state the plugin changed (empty when it changed none)."""
+    return list(_global_state)

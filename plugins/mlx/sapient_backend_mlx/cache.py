@@ -1,21 +1,31 @@
 """The weight cache and the host <-> device transfer counters.  Imports neither MLX nor NumPy.
 
-Weights (the ``weight`` / ``bias`` of linears and norms, and ``lm_head``) arrive as NumPy arrays on
-every call.  Uploading them every time would make a decode step copy the whole model to the device,
-so each one is uploaded once and cached **by the identity of the host array**:
+Weights (the ``weight`` / ``bias`` of linears and norms, ``lm_head``, the embedding table) may arrive
+as NumPy arrays on every call.  Uploading them every time would make a decode step copy the whole
+model to the device, so each one is uploaded once and cached **by the identity of the host array**:
 
 - the key is ``id(array)``, and every hit is validated with a weak reference to the array: a new
   array that reuses a freed array's address is never served the old array's upload;
 - a ``weakref.finalize`` on the array evicts its entry when the array is freed (if the cache's lock
   is busy at that moment, for instance when the array is freed inside the cache's own critical
   section, the entry is queued and dropped at the cache's next use);
-- the cache holds at most ``max_bytes`` of device memory: beyond it the least recently used entries
-  are evicted (and uploaded again if used again).  A weight larger than the whole limit is uploaded
-  on every use and never cached.  The default limit is half the device memory the plugin reports
-  (4 GiB if unknown); ``SAPIENT_MLX_WEIGHT_CACHE_BYTES`` or :func:`sapient_backend_mlx.configure_weight_cache`
-  change it;
+- uploads keep the weight's dtype (float16 stays float16 on the device, half the memory of a float32
+  copy); the kernels convert to float32 inside the op;
+- the cache holds at most ``max_bytes`` of device memory.  **When it is full it keeps what it holds and
+  streams the rest**: a weight that does not fit is uploaded for that call and not cached.  A forward
+  pass uses its weights in the same order every step, and least-recently-used eviction would evict
+  each weight just before its next use (0 hits per step as soon as the model exceeds the limit by
+  one weight); keeping a fixed resident set hits on every weight that fits.  So that a new working
+  set (another model, the first one no longer used) still gets cached, an entry that has not been
+  used for more than two passes over the weights the cache knows (``2 x`` the live weights it has
+  seen, cached or streamed, counted in cache accesses) is evicted to make room;
+- the default limit is the largest model ``get_backend("auto")`` accepts on the device (the core's
+  fit policy: ``(memory - 2 GiB) / 1.5`` by default), so a model auto accepts always fits whole;
+  ``SAPIENT_MLX_WEIGHT_CACHE_BYTES`` or :func:`sapient_backend_mlx.configure_weight_cache` change it;
 - a cached upload is a copy: modifying a weight array in place after its first use is not seen by
-  the cache (call :func:`sapient_backend_mlx.clear_weight_cache`).
+  the cache (call :func:`sapient_backend_mlx.clear_weight_cache`).  On unified memory (Apple GPUs,
+  MLX's CPU device) the host array and its upload are two copies in the same memory: hand the weights
+  over instead (``backend.from_numpy(w)``, then drop the host array; see README.md).
 
 Activations (everything else) are converted afresh on every call.  :data:`TRANSFERS` counts every
 host -> device upload (weights and activations apart) and every device -> host copy, so that a
@@ -37,7 +47,7 @@ FALLBACK_LIMIT = 4 * 1024 ** 3
 
 
 class _Entry:
-    __slots__ = ("key", "ref", "value", "nbytes", "finalizer")
+    __slots__ = ("key", "ref", "value", "nbytes", "finalizer", "last")
 
     def __init__(self, key: int, ref: Any, value: Any, nbytes: int):
         self.key = key
@@ -45,21 +55,24 @@ class _Entry:
         self.value = value
         self.nbytes = nbytes
         self.finalizer: Any = None
+        self.last = 0
 
 
 class WeightCache:
-    """Device copies of host weight arrays, keyed by identity, bounded in bytes, LRU.
+    """Device copies of host weight arrays, keyed by identity, bounded in bytes; keeps what fits.
 
     :param max_bytes: the limit; None means the default, resolved on first use: the environment variable
         ``SAPIENT_MLX_WEIGHT_CACHE_BYTES``, else ``default_limit()`` (a callable returning ``(bytes,
-        source)``; for :data:`WEIGHTS`, half the device memory the plugin reports), else 4 GiB.
+        source)``; for :data:`WEIGHTS`, the largest model ``auto`` accepts on the device), else 4 GiB.
     """
 
     def __init__(self, max_bytes: int | None = None):
         self._lock = threading.Lock()
-        self._entries: "collections.OrderedDict[int, _Entry]" = collections.OrderedDict()
+        self._entries: "collections.OrderedDict[int, _Entry]" = collections.OrderedDict()   # LRU first
+        self._streamed: dict[int, _Entry] = {}         # live weights seen that did not fit (no value)
         self._dead: collections.deque = collections.deque()
         self._bytes = 0
+        self._tick = 0
         self._max_bytes = max_bytes
         self._limit_source = "argument" if max_bytes is not None else ""
         self.default_limit: Callable[[], tuple[int, str]] | None = None
@@ -68,7 +81,8 @@ class WeightCache:
         self.hits = 0
         self.evictions = 0
         self.freed = 0
-        self.uncached = 0
+        self.streamed = 0
+        self.streamed_bytes = 0
 
     # --- configuration ----------------------------------------------------------------------------
 
@@ -100,13 +114,15 @@ class WeightCache:
             self._max_bytes = max_bytes
             self._limit_source = "configure_weight_cache()" if max_bytes is not None else ""
             limit = self._resolve_limit()
-            self._evict_locked(limit, keep=None)
+            while self._bytes > limit and self._entries:          # least recently used first
+                self._remove_locked(next(iter(self._entries.values())))
+                self.evictions += 1
             return limit
 
     def clear(self) -> None:
         """Drop every entry (counters are kept)."""
         with self._lock:
-            for entry in list(self._entries.values()):
+            for entry in list(self._entries.values()) + list(self._streamed.values()):
                 self._remove_locked(entry)
 
     # --- the hot path -----------------------------------------------------------------------------
@@ -117,10 +133,12 @@ class WeightCache:
         with self._lock:
             if self._dead:
                 self._purge_locked()
+            self._tick += 1
             entry = self._entries.get(key)
             if entry is not None:
                 if entry.ref() is host:
                     self._entries.move_to_end(key)
+                    entry.last = self._tick
                     self.hits += 1
                     return entry.value
                 # The address was reused by a new array before the old one's finalizer was processed.
@@ -131,52 +149,81 @@ class WeightCache:
             self.uploads += 1
             self.upload_bytes += nbytes
             limit = self._resolve_limit()
-            if nbytes > limit:
-                self.uncached += 1
+            if self._bytes + nbytes > limit and nbytes <= limit:
+                self._evict_idle_locked(self._bytes + nbytes - limit)
+            if self._bytes + nbytes > limit:
+                self._stream_locked(key, host, nbytes)
                 return value
+            seen = self._streamed.pop(key, None)
+            if seen is not None:
+                self._remove_locked(seen)
             entry = _Entry(key, weakref.ref(host), value, nbytes)
+            entry.last = self._tick
             entry.finalizer = weakref.finalize(host, self._on_free, entry)
             entry.finalizer.atexit = False
             self._entries[key] = entry
             self._bytes += nbytes
-            self._evict_locked(limit, keep=entry)
             return value
+
+    def _stream_locked(self, key: int, host: Any, nbytes: int) -> None:
+        """Record that ``host`` was used but not cached (it counts among the weights the cache knows)."""
+        self.streamed += 1
+        self.streamed_bytes += nbytes
+        seen = self._streamed.get(key)
+        if seen is not None and seen.ref() is host:
+            seen.last = self._tick
+            return
+        if seen is not None:
+            self._remove_locked(seen)
+        seen = _Entry(key, weakref.ref(host), None, nbytes)
+        seen.last = self._tick
+        seen.finalizer = weakref.finalize(host, self._on_free, seen)
+        seen.finalizer.atexit = False
+        self._streamed[key] = seen
+
+    def _evict_idle_locked(self, needed: int) -> None:
+        """Evict least recently used entries idle for more than two passes over the known weights."""
+        horizon = 2 * (len(self._entries) + len(self._streamed) + 1)
+        freed = 0
+        while freed < needed and self._entries:
+            oldest = next(iter(self._entries.values()))
+            if self._tick - oldest.last <= horizon:
+                break
+            freed += oldest.nbytes
+            self._remove_locked(oldest)
+            self.evictions += 1
 
     def _on_free(self, entry: _Entry) -> None:
         # Runs when the host array is freed, in whatever thread freed it.  Never block here: if the lock
         # is busy (maybe held by this very thread), queue the entry for the next cache operation.
         if self._lock.acquire(blocking=False):
             try:
-                if self._entries.get(entry.key) is entry:
-                    self._remove_locked(entry)
-                    self.freed += 1
+                self._forget_locked(entry)
             finally:
                 self._lock.release()
         else:
             self._dead.append(entry)
 
+    def _forget_locked(self, entry: _Entry) -> None:
+        if self._entries.get(entry.key) is entry:
+            self._remove_locked(entry)
+            self.freed += 1
+        elif self._streamed.get(entry.key) is entry:
+            self._remove_locked(entry)
+
     def _purge_locked(self) -> None:
         while self._dead:
-            entry = self._dead.popleft()
-            if self._entries.get(entry.key) is entry:
-                self._remove_locked(entry)
-                self.freed += 1
+            self._forget_locked(self._dead.popleft())
 
     def _remove_locked(self, entry: _Entry) -> None:
         if self._entries.get(entry.key) is entry:
             del self._entries[entry.key]
             self._bytes -= entry.nbytes
+        elif self._streamed.get(entry.key) is entry:
+            del self._streamed[entry.key]
         if entry.finalizer is not None:
             entry.finalizer.detach()
         entry.value = None
-
-    def _evict_locked(self, limit: int, keep: _Entry | None) -> None:
-        while self._bytes > limit and self._entries:
-            oldest = next(iter(self._entries.values()))
-            if oldest is keep:
-                break
-            self._remove_locked(oldest)
-            self.evictions += 1
 
     # --- reporting --------------------------------------------------------------------------------
 
@@ -192,7 +239,8 @@ class WeightCache:
             return {"entries": len(self._entries), "bytes": self._bytes, "max_bytes": limit,
                     "max_bytes_source": self._limit_source, "uploads": self.uploads,
                     "upload_bytes": self.upload_bytes, "hits": self.hits, "evictions": self.evictions,
-                    "freed": self.freed, "uncached": self.uncached}
+                    "freed": self.freed, "streamed": self.streamed, "streamed_bytes": self.streamed_bytes,
+                    "known_weights": len(self._entries) + len(self._streamed)}
 
 
 class Transfers:
@@ -218,12 +266,12 @@ class Transfers:
                 "device_to_host": self.device_to_host, "device_to_host_bytes": self.device_to_host_bytes}
 
 
-def _plugin_default_limit() -> tuple[int, str]:
-    from .plugin import _default_cache_limit     # lazy: the plugin module imports this one
-    return _default_cache_limit()
+def _device_default_limit() -> tuple[int, str]:
+    from .device import default_cache_limit      # lazy: imports MLX; device.py does not import this module
+    return default_cache_limit()
 
 
 #: The process-wide weight cache and transfer counters of the MLX plugin.
 WEIGHTS = WeightCache()
-WEIGHTS.default_limit = _plugin_default_limit
+WEIGHTS.default_limit = _device_default_limit
 TRANSFERS = Transfers()

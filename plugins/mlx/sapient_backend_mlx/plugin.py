@@ -4,8 +4,20 @@ Importing this module imports neither MLX nor NumPy: MLX is imported by the firs
 (``backend_capabilities``, when the registry loads the plugin), through :mod:`._runtime`, which turns
 any import failure into ``available=False`` with the reason and the remedy.  The op hooks forward to
 :mod:`.kernels` (imported on the first op); the core serialises every call into this plugin
-(``thread_safe=False``: MLX's evaluation is not safe to drive from several threads at once), falls
-back to the CPU reference when a kernel raises or declines, and validates all input first.
+(``thread_safe=False``), falls back to the CPU reference when a kernel raises or declines, and validates
+all input first.  The kernels build every graph on the plugin's own stream and evaluate under the
+plugin's own lock (:mod:`.device`), so results may cross threads.
+
+The running core speaks hook API v1, and refuses hook implementations with names or arguments its
+specs do not have.  So the op hooks below keep their v1 signatures and forward the v1 defaults to the
+v2 kernels, and the v2 additions (``apply_rope``, ``embedding``, ``backend_eval`` and the layout
+helpers) are plain functions at the end of this module, with their final signatures: when the v2 core
+lands, mark them ``@hookimpl`` and give ``gqa_attention`` / the logits ops their v2 arguments
+(``plugins/mlx/README.md``, "Contract v2", lists the exact changes).
+
+Imports inside the plugin form no cycle: ``plugin`` -> ``cache``, ``device``, ``kernels``;
+``kernels`` -> ``cache``, ``device``; ``cache`` -> ``device`` (lazily, for its default limit);
+``device`` -> ``capabilities`` -> ``_runtime``.
 """
 
 from __future__ import annotations
@@ -33,19 +45,6 @@ def _kernels() -> Any:
     return _K
 
 
-def _default_cache_limit() -> tuple[int, str]:
-    from .cache import FALLBACK_LIMIT
-    total = backend_memory().get("total_bytes")
-    if isinstance(total, int) and total > 0:
-        return total // 2, "half the device memory of backend_memory()"
-    return FALLBACK_LIMIT, "4 GiB (device memory unknown)"
-
-
-def _device() -> str:
-    from .capabilities import decide, gather_facts
-    return decide(gather_facts())["device"]
-
-
 # --- capability, memory and array hooks ------------------------------------------------------------
 
 @hookimpl
@@ -58,19 +57,28 @@ def backend_capabilities() -> dict[str, Any]:
 
 @hookimpl
 def backend_memory() -> dict[str, Any]:
-    from sapient_core.memory import system_memory
+    """The device's memory, whether it is unified with the host's, and what the plugin holds there now.
 
-    from .capabilities import memory_report
+    ``unified_memory`` (top level and in ``details``): True on Apple GPUs and MLX's CPU device, where a
+    host weight array and its device copy are two copies in one memory.  ``details`` also carries
+    ``weight_cache_bytes`` / ``weight_cache_max_bytes`` (device copies of host weights, held by the
+    plugin) and ``mlx_active_bytes`` (every MLX buffer alive: the cache, weights handed over with
+    ``from_numpy``, activations, KV caches).
+    """
+    from .device import memory
+    report = memory()
+    if report.get("total_bytes") is None and "details" not in report:
+        return report
+    details = report.setdefault("details", {})
     try:
-        mx = _runtime.import_mlx()
-    except _runtime.MLXUnavailable as exc:
-        return {"total_bytes": None, "source": "mlx.core.device_info()",
-                "reason": f"MLX did not import ({exc.error})"}
-    try:
-        info = dict(mx.device_info())
-    except Exception as exc:  # noqa: BLE001 - an old or odd MLX: say so, use what can be known
-        info = {"device_info_error": f"{type(exc).__name__}: {exc}"}
-    return memory_report(_device(), info, system_memory)
+        from .cache import WEIGHTS
+        stats = WEIGHTS.stats()
+        details["weight_cache_bytes"] = stats["bytes"]
+        details["weight_cache_max_bytes"] = stats["max_bytes"]
+        details["mlx_active_bytes"] = int(_runtime.import_mlx().get_active_memory())
+    except Exception as exc:  # noqa: BLE001 - the figures are extras; the report stands without them
+        details["held_error"] = f"{type(exc).__name__}: {exc}"
+    return report
 
 
 @hookimpl
@@ -92,11 +100,15 @@ def backend_concatenate(arrays, axis):
 def backend_stats() -> dict[str, Any]:
     from .cache import TRANSFERS, WEIGHTS
     out: dict[str, Any] = {"weight_cache": WEIGHTS.stats(), "transfers": TRANSFERS.stats(),
-                           "matmul_precision": _runtime.precision()}
+                           "matmul_precision": _runtime.precision(), "global_state": _runtime.global_state()}
     try:
         mx = _runtime.import_mlx()
+        from . import device
         out["mlx_version"] = str(mx.__version__)
-        out["mlx_device"] = str(mx.default_device())
+        out["mlx_device"] = str(device.mx_device())
+        out["mlx_stream"] = str(device.stream())
+        if _K is not None:
+            out["evaluation"] = _K.evaluation_stats()
     except _runtime.MLXUnavailable as exc:
         out["mlx_error"] = exc.reason
     return out
@@ -156,14 +168,55 @@ def apply_rope_partial(x, positions, base, rotary_dim):
 
 @hookimpl
 def gqa_attention(q, k, v, n_kv_heads, causal):
-    return (_K or _kernels()).gqa_attention(q, k, v, n_kv_heads, causal)
+    # v2: (q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask), forwarded as they come.
+    return (_K or _kernels()).gqa_attention(q, k, v, n_kv_heads, causal, None, None, None, None)
 
 
 @hookimpl
 def logits_from_hidden(hidden, lm_head):
-    return (_K or _kernels()).logits_from_hidden(hidden, lm_head)
+    # v2: (hidden, lm_head, softcap).
+    return (_K or _kernels()).logits_from_hidden(hidden, lm_head, None)
 
 
 @hookimpl
 def all_logits_from_hidden(hidden, lm_head):
-    return (_K or _kernels()).all_logits_from_hidden(hidden, lm_head)
+    # v2: (hidden, lm_head, softcap).
+    return (_K or _kernels()).all_logits_from_hidden(hidden, lm_head, None)
+
+
+# --- contract v2 and the core's new array hooks: plain functions until the v2 core lands ----------------
+# Mark each one @hookimpl when the core has its spec (the v1 core refuses unknown hook names).
+
+def apply_rope(x, positions, inv_freq, attention_scaling):
+    return (_K or _kernels()).apply_rope(x, positions, inv_freq, attention_scaling)
+
+
+def embedding(ids, table):
+    return (_K or _kernels()).embedding(ids, table)
+
+
+def backend_eval(arrays):
+    """Evaluate results on the device, no host copy (``Backend.eval(*arrays)``)."""
+    return _kernels().evaluate(arrays)
+
+
+def backend_reshape(x, shape):
+    return _kernels().reshape(x, shape)
+
+
+def backend_transpose(x, axes):
+    return _kernels().transpose(x, axes)
+
+
+def backend_zeros(shape):
+    """A float32 array of zeros of ``shape`` on the device (a preallocated KV cache)."""
+    return _kernels().zeros(shape)
+
+
+def backend_write(dst, src, axis, start):
+    """``dst`` with ``src`` written along ``axis`` from ``start``; returns the updated array."""
+    return _kernels().write(dst, src, axis, start)
+
+
+def backend_slice(x, axis, start, stop):
+    return _kernels().slice(x, axis, start, stop)

@@ -3,7 +3,9 @@ float64 oracle, and what a decode step moves between host and device.
 
 Tolerance: 2e-5 on logits of magnitude up to ~4 after two layers.  Every op adds float32 roundings
 of ~1e-7 relative; measured, the CPU reference lands 8e-7 and MLX 1.2e-6 from the oracle, so 2e-5 is
-a >10x margin, while a wrong mask, RoPE offset or cache order gives errors of order 0.1-1.
+a >10x margin, while a wrong mask, RoPE offset or cache order gives errors of order 0.1-1.  On a GPU
+(fast exp / rsqrt in the fused kernels) the bound is the kit's per-op 1e-4 relative to max(1, |logits|
+~4) = 4e-4, still 250x below what a wrong mask or offset gives.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sapient_core.testing.oracle import OracleBackend
 
 CONFIG = LlamaConfig(hidden_size=64, num_attention_heads=8, num_key_value_heads=2, intermediate_size=96,
                      num_hidden_layers=2, vocab_size=101)
-ATOL = 2e-5
+ATOL = 2e-5 if not mx.metal.is_available() and not mx.cuda.is_available() else 4e-4
 
 
 @pytest.fixture(scope="module")

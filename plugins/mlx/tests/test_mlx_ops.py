@@ -12,6 +12,11 @@ would raise, not fall back).  Tolerances, and why:
   (the float32 rounding of p * inv_freq is |p| * 2**-24, with a 4x margin; measured 1e-4 at p=1000).
 - float16 input: the result equals the float32 computation on the float16 values, so the oracle is fed
   the float16 values and the tolerances are the float32 ones.
+
+These were measured on MLX's CPU device.  On a GPU (Metal, CUDA) the kernels use fast exp / sigmoid /
+rsqrt and fused reductions, and MLX's own GPU tests allow much wider float32 bounds: there
+:func:`device_atol` raises each tolerance to the contract's, the conformance kit's
+``max_err * max(1, max|oracle|)`` (``sapient_core.testing.tolerances``), where that is larger.
 """
 
 from __future__ import annotations
@@ -40,6 +45,17 @@ def rope_tol(x, positions):
     return 1e-6 + p * 2.0 ** -22 * float(np.abs(x).max(initial=0))
 
 
+ON_CPU_DEVICE = not mx.metal.is_available() and not mx.cuda.is_available()
+
+
+def device_atol(op, atol, want):
+    """``atol`` on MLX's CPU device; on a GPU, at least the kit's tolerance for ``op``."""
+    if ON_CPU_DEVICE:
+        return atol
+    from sapient_core.testing.tolerances import TOLERANCES
+    return max(atol, TOLERANCES[op].max_err * max(1.0, float(np.nanmax(np.abs(want), initial=0))))
+
+
 def run(backend, op, *args):
     """Call ``op`` and return the result as NumPy, checking the array type and dtype on the way."""
     y = getattr(backend, op)(*args)
@@ -56,6 +72,7 @@ def check(mlx, cpu, op, args, *, atol, why):
     got = run(mlx, op, *args)
     want = getattr(oracle, op)(*args)
     ref = getattr(cpu, op)(*args)
+    atol = device_atol(op, atol, want)
     assert got.shape == np.shape(want)
     np.testing.assert_allclose(got, want, rtol=0, atol=atol, err_msg=f"{op} vs the float64 oracle ({why})")
     np.testing.assert_allclose(got, cpu.to_numpy(ref), rtol=0, atol=2 * atol,
@@ -322,7 +339,6 @@ def test_bad_input_raises_the_same_error_as_on_cpu(mlx, cpu, rng):
 def test_math_constants_match_the_contract():
     from sapient_backend_mlx import kernels
     assert kernels._TWO_SQRT_2_OVER_PI == pytest.approx(2 * math.sqrt(2 / math.pi), rel=1e-15)
-    assert kernels.MAX_ROPE_POSITION == 2 ** 24
 
 
 # --- the core's conformance kit ----------------------------------------------------------------------
@@ -342,4 +358,5 @@ def test_nan_and_inf_follow_the_oracle(mlx):
             got = run(mlx, op, *args)
             want = getattr(oracle, op)(*args)
             np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{op}{args[1:]} NaN")
-            np.testing.assert_allclose(got[~np.isnan(want)], want[~np.isnan(want)], rtol=1e-6, atol=0)
+            finite = ~np.isnan(want)
+            np.testing.assert_allclose(got[finite], want[finite], rtol=1e-6 if ON_CPU_DEVICE else 1e-5, atol=0)

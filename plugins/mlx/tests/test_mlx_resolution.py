@@ -42,11 +42,12 @@ def test_resolution_on_this_machine(registry):
 
 def test_on_an_apple_gpu_auto_picks_mlx_when_the_model_fits_the_working_set(monkeypatch):
     # The platform facts and device info of an Apple Silicon Mac; the kernels still run on this machine.
-    from sapient_backend_mlx import capabilities
+    from sapient_backend_mlx import capabilities, device
     from sapient_core.memory import GiB
     facts = capabilities.PlatformFacts("Darwin", "arm64", mlx_version=mx.__version__, metal_available=True,
                                        cuda_available=False, precision="float32")
     monkeypatch.setattr(capabilities, "gather_facts", lambda: facts)
+    monkeypatch.setattr(device, "_state", None)          # decided again, from the faked facts
     monkeypatch.setattr(mx, "device_info", lambda *a: {"memory_size": 16 * GiB,
                                                        "max_recommended_working_set_size": 12 * GiB})
     reg = Registry()

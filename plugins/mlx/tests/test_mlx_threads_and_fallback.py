@@ -126,10 +126,16 @@ def test_the_probe_does_see_concurrency_in_a_thread_safe_plugin(monkeypatch):
 
 # --- fallback and strict ------------------------------------------------------------------------------
 
-FAR = np.array([0, 2 ** 24 + 5])             # float32 cannot represent the angle's position: declined
+FAR = np.array([0, 2 ** 24 + 5])             # beyond float32's integers: MLX computes it anyway (float64 angles)
 
 
-def test_a_declined_input_falls_back_to_the_cpu_reference_with_one_warning(caplog):
+def _declining(x, positions, base):
+    from sapient_core import OpDeclined
+    raise OpDeclined("simulated: positions this kernel does not handle")
+
+
+def test_a_declined_input_falls_back_to_the_cpu_reference_with_one_warning(caplog, monkeypatch):
+    monkeypatch.setattr(kernels, "apply_rope_positions", _declining)
     backend = Registry().get_backend("mlx", strict=False)
     x = np.random.default_rng(0).standard_normal((1, 2, 2, 8)).astype(np.float32)
     with caplog.at_level(logging.WARNING, logger="sapient_core"):
@@ -141,14 +147,23 @@ def test_a_declined_input_falls_back_to_the_cpu_reference_with_one_warning(caplo
     assert len(warnings) <= 1                                     # once per (backend, op, reason) per process
     st = backend.stats().ops["apply_rope_positions"]
     assert st.calls == 3 and st.fallbacks == 3
-    assert any("beyond 2**24" in reason for reason in st.fallback_reasons)
+    assert any("simulated" in reason for reason in st.fallback_reasons)
 
 
-def test_strict_mode_raises_instead_of_falling_back(mlx):
+def test_strict_mode_raises_instead_of_falling_back(mlx, monkeypatch):
+    monkeypatch.setattr(kernels, "apply_rope_positions", _declining)
     x = np.zeros((1, 1, 2, 8), np.float32)
     with pytest.raises(BackendOpError, match="declined the input") as exc:
         mlx.apply_rope_positions(x, FAR, 10000.0)
     assert exc.value.declined and exc.value.op == "apply_rope_positions" and exc.value.backend == "mlx"
+
+
+def test_positions_beyond_float32_integers_run_on_mlx(mlx):
+    # The angle is computed in float64 on the host: nothing to decline (the plugin declined these before).
+    x = np.random.default_rng(1).standard_normal((1, 2, 2, 8)).astype(np.float32)
+    y = mlx.to_numpy(mlx.apply_rope_positions(x, FAR, 10000.0))
+    np.testing.assert_allclose(y, oracle.apply_rope_positions(x, FAR, 10000.0), rtol=0, atol=2e-6)
+    assert mlx.stats().ops["apply_rope_positions"].fallbacks == 0
 
 
 def test_a_kernel_that_raises_falls_back(monkeypatch):
