@@ -11,7 +11,7 @@ MLP 8192, vocabulary 32000.  Inputs are converted once to each backend's array t
 timed until its result is on the host; ``mlx/cpu`` is MLX's median time over the CPU reference's
 (below 1: MLX is faster).
 
-Part 2, a decode step of ``sapient_core.testing.llama.Llama`` (hidden 2048, 32 heads, 8 KV heads,
+Part 2, a decode step of ``sapient_core.testing.models.Decoder`` (hidden 2048, 32 heads, 8 KV heads,
 MLP 5632, 4 layers, vocabulary 32000), one token over a KV cache of 512 positions, on each backend:
 
 - ms/token: the median over ``--steps`` steps after one warm-up step;
@@ -130,7 +130,7 @@ def print_decode(results: list[dict], config: LlamaConfig, weights: dict, kv_len
     nbytes = step_weight_bytes(config, weights)
     peak = bw["read"]
     print(f"\nDecode step: Llama hidden={config.hidden_size} heads={config.num_attention_heads}/"
-          f"{config.num_key_value_heads}x{config.head_dim} mlp={config.intermediate_size} "
+          f"{config.num_key_value_heads}x{config.head_size} mlp={config.intermediate_size} "
           f"layers={config.num_hidden_layers} vocab={config.vocab_size}, 1 token over a KV cache of {kv_len}")
     print("memory bandwidth (same run, arrays of {:.0f} MiB): ".format(BW_BYTES / 2 ** 20)
           + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bw.items() if k != "read")

@@ -1,6 +1,6 @@
 """A Llama-style engine that keeps everything on the MLX device: the pattern the MLX plugin is built for.
 
-It differs from ``sapient_core.testing.llama.Llama`` (which runs on any backend) in what a real engine
+It differs from ``sapient_core.testing.models.Decoder`` (which runs on any backend) in what a real engine
 on a GPU does, as mlx-lm does:
 
 - the weights are **handed over once** (``backend.from_numpy``) and the host arrays dropped, so they
@@ -26,7 +26,7 @@ import numpy as np
 class DeviceLlama:
     """``DeviceLlama(backend, config, weights, max_len)(tokens) -> last-position logits`` (NumPy).
 
-    ``config`` is a :class:`sapient_core.testing.llama.LlamaConfig`; ``weights`` its Hugging Face named
+    ``config`` is a :class:`sapient_core.testing.models.DecoderConfig`; ``weights`` its Hugging Face named
     NumPy arrays, handed over to the device here (the caller may drop its own copies afterwards).
     Each call appends ``tokens.shape[1]`` positions to the cache; ``reset()`` starts a new sequence.
     """
@@ -41,7 +41,7 @@ class DeviceLlama:
 
     def reset(self) -> None:
         c, p = self.c, self.p
-        shape = (self.batch, c.num_key_value_heads, self.max_len, c.head_dim)
+        shape = (self.batch, c.num_key_value_heads, self.max_len, c.head_size)
         self.keys = [p.backend_zeros(shape) for _ in range(c.num_hidden_layers)]
         self.values = [p.backend_zeros(shape) for _ in range(c.num_hidden_layers)]
         self.offset = 0
@@ -49,7 +49,7 @@ class DeviceLlama:
 
     def _heads(self, x: Any, n: int, s: int) -> Any:
         p = self.p
-        return p.backend_transpose(p.backend_reshape(x, (self.batch, s, n, self.c.head_dim)), (0, 2, 1, 3))
+        return p.backend_transpose(p.backend_reshape(x, (self.batch, s, n, self.c.head_size)), (0, 2, 1, 3))
 
     def attention(self, i: int, x: Any, s: int, positions: np.ndarray) -> Any:
         be, p, c, w = self.be, self.p, self.c, self.w
@@ -65,7 +65,7 @@ class DeviceLlama:
         o = be.gqa_attention(q, p.backend_slice(self.keys[i], 2, 0, end),
                              p.backend_slice(self.values[i], 2, 0, end), c.num_key_value_heads, True)
         o = p.backend_reshape(p.backend_transpose(o, (0, 2, 1, 3)),
-                              (self.batch, s, c.num_attention_heads * c.head_dim))
+                              (self.batch, s, c.num_attention_heads * c.head_size))
         return be.linear_3d(o, w[pre + "o_proj.weight"])
 
     def mlp(self, i: int, x: Any) -> Any:

@@ -163,7 +163,7 @@ def decode_steps(quick, steps):
     import sapient_core
     from mlx_engine import DeviceLlama
     from sapient_backend_mlx import kernels
-    from sapient_core.testing.llama import Llama, LlamaConfig, random_weights
+    from sapient_core.testing.models import Decoder as Llama, DecoderConfig as LlamaConfig, random_weights
     if quick:
         config = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
                              num_hidden_layers=2, vocab_size=101)
@@ -260,8 +260,8 @@ def main(argv=None) -> int:
                 [[r["engine"], f"{r['ms_per_token']:.2f}", f"{r['min_ms']:.2f}",
                   f"{r['host_copies_out']:g} out, {r['host_uploads_in']:g} in", str(r["weight_uploads"]),
                   f"{r['evaluations']:g}", str(r["fallbacks"])] for r in dec]))
-    print("(portable: sapient_core.testing.llama, NumPy weights through the weight cache, KV cache grown by "
-          "concatenation; device: benchmarks/mlx_engine.py)")
+    print("(portable: sapient_core.testing.models, NumPy weights through the weight cache, sapient_core.KVCache "
+          "appended in place through the backend's layout hooks; device: benchmarks/mlx_engine.py)")
     print(f"\n{'PASS' if ok else 'FAIL'} in {time.perf_counter() - t_start:.0f} s")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(out, indent=1, default=str))

@@ -6,7 +6,7 @@
 Sections (each prints a table; nothing here is asserted: timings belong to benchmarks, not tests):
 
 1. decode step: ms per token of a Llama-style model, host copies per step, weight uploads after the
-   first step, for the portable test engine (``sapient_core.testing.llama``: NumPy weights through the
+   first step, for the portable test engine (``sapient_core.testing.models``: NumPy weights through the
    weight cache, KV cache grown by concatenation) and the device engine (``benchmarks/mlx_engine.py``:
    weights handed over, in-place KV cache, embedding on the device, ``eval`` every step); with the
    plugin's first-use check and the logits ops' separate input evaluation switched off, to show what
@@ -53,7 +53,7 @@ def patched(module, name, value):
 
 
 def plugin_stats(backend):
-    return backend.stats().get("plugin", {})
+    return backend.stats().plugin or {}
 
 
 def run_steps(step, steps, backend):
@@ -80,7 +80,7 @@ def run_steps(step, steps, backend):
 def decode_section(config, steps, prompt_len):
     import sapient_core
     from sapient_backend_mlx import kernels
-    from sapient_core.testing.llama import Llama, random_weights
+    from sapient_core.testing.models import Decoder as Llama, random_weights
     be = sapient_core.get_backend("mlx", strict=True)
     weights = random_weights(config, seed=0)
     prompt = np.arange(prompt_len)[None] % config.vocab_size
@@ -100,7 +100,7 @@ def decode_section(config, steps, prompt_len):
         model(prompt)
         return lambda: model(np.array([[7]]))
 
-    engines = [("portable (testing.llama)", portable)]
+    engines = [("portable (testing.models)", portable)]
     if hasattr(kernels, "evaluate"):
         engines.append(("device (mlx_engine)", device_engine))
     for name, make in engines:
@@ -151,7 +151,7 @@ def pending_section(steps):
 def cache_section(config, steps):
     import sapient_core
     import sapient_backend_mlx
-    from sapient_core.testing.llama import Llama, random_weights
+    from sapient_core.testing.models import Decoder as Llama, random_weights
     be = sapient_core.get_backend("mlx", strict=True)
     weights = random_weights(config, seed=1)
     used = sum(w.nbytes for k, w in weights.items() if k != "model.embed_tokens.weight")
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
     ap.add_argument("--only", default="1234", help="sections to run, e.g. 13")
     args = ap.parse_args(argv)
-    from sapient_core.testing.llama import LlamaConfig
+    from sapient_core.testing.models import DecoderConfig as LlamaConfig
     if args.quick:
         config = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
                              num_hidden_layers=2, vocab_size=101)

@@ -91,6 +91,7 @@ class MemoryInfo(BaseModel):
     :ivar source: where the figure came from.
     :ivar reason: why it is unknown (empty when known).
     :ivar details: other figures the plugin reported.
+    :ivar unified_memory: True when the device shares the host's memory (None: not reported).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -99,6 +100,9 @@ class MemoryInfo(BaseModel):
     source: StrictStr
     reason: StrictStr = ""
     details: dict[str, Any] = Field(default_factory=dict)
+    unified_memory: Optional[StrictBool] = Field(
+        None, description="whether the device shares the host's memory (Apple GPUs, CPU devices): a host "
+                          "weight array and its device copy are then two copies in one memory")
 
 
 class BackendInfo(BaseModel):

@@ -91,7 +91,8 @@ def test_list_json(run):
     assert infos["cudaoff"]["capabilities"]["available"] is False
     m = infos["metalfast"]
     assert m["capabilities"]["priority"] == 100 and m["capabilities"]["device"] == "metal"
-    assert m["memory"] == {"total_bytes": 16 * GiB, "source": "fake device info", "reason": "", "details": {}}
+    assert m["memory"] == {"total_bytes": 16 * GiB, "source": "fake device info", "reason": "", "details": {},
+                           "unified_memory": None}
     assert m["implemented_ops"] == ["rms_norm"] and m["error"] == ""
     assert infos["nomem"]["memory"]["total_bytes"] is None
     assert infos["cpu"]["implemented_ops"] == list(OPS)

@@ -178,17 +178,17 @@ class Decoder:
     # --- the pieces ---------------------------------------------------------------------------------
 
     def rope(self, layer_type: str, seq_len: int) -> tuple[Any, float]:
-        """``(inv_freq in the backend's type, attention_scaling)`` of a layer type for this forward pass.
+        """``(inv_freq, attention_scaling)`` of a layer type for this forward pass.
 
-        Computed once (and uploaded once, with ``from_numpy``); again each forward only for the types
-        that depend on the sequence length (dynamic NTK, longrope), and uploaded only when they change.
+        Computed once; again each forward only for the types that depend on the sequence length
+        (dynamic NTK, longrope).  inv_freq stays a (read-only) NumPy array: backends build their angle
+        tables from it on the host, where float64 angles are cheap (MLX does, for Metal's accuracy).
         """
         entry = self._rope.get(layer_type)
         if entry is None or entry[0].seq_len_dependent:
             p = rope_parameters(self.config.to_dict(), seq_len=seq_len)
-            if entry is None or entry[0] != p:
-                entry = (p, self.backend.from_numpy(np.array(p.inv_freq)), p.attention_scaling)
-                self._rope[layer_type] = entry
+            entry = (p, p.inv_freq, p.attention_scaling)
+            self._rope[layer_type] = entry
         return entry[1], entry[2]
 
     def norm(self, x: Any, name: str) -> Any:

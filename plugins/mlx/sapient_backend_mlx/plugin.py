@@ -6,14 +6,8 @@ any import failure into ``available=False`` with the reason and the remedy.  The
 :mod:`.kernels` (imported on the first op); the core serialises every call into this plugin
 (``thread_safe=False``), falls back to the CPU reference when a kernel raises or declines, and validates
 all input first.  The kernels build every graph on the plugin's own stream and evaluate under the
-plugin's own lock (:mod:`.device`), so results may cross threads.
-
-The running core speaks hook API v1, and refuses hook implementations with names or arguments its
-specs do not have.  So the op hooks below keep their v1 signatures and forward the v1 defaults to the
-v2 kernels, and the v2 additions (``apply_rope``, ``embedding``, ``backend_eval`` and the layout
-helpers) are plain functions at the end of this module, with their final signatures: when the v2 core
-lands, mark them ``@hookimpl`` and give ``gqa_attention`` / the logits ops their v2 arguments
-(``plugins/mlx/README.md``, "Contract v2", lists the exact changes).
+plugin's own lock (:mod:`.device`), so results may cross threads.  It implements hook API 2: every op
+of contract v2, ``backend_eval`` and the layout hooks an engine and ``sapient_core.KVCache`` use.
 
 Imports inside the plugin form no cycle: ``plugin`` -> ``cache``, ``device``, ``kernels``;
 ``kernels`` -> ``cache``, ``device``; ``cache`` -> ``device`` (lazily, for its default limit);
@@ -30,7 +24,7 @@ from . import __version__, _runtime
 
 #: The hook API version this plugin is built for: a literal, so that a core that no longer speaks it
 #: refuses the plugin instead of taking it for its own version.
-HOOK_API_VERSION = 1
+HOOK_API_VERSION = 2
 #: Higher than the CPU reference (0): ``auto`` prefers MLX whenever it runs on a GPU and the model fits.
 PRIORITY = 100
 
@@ -167,56 +161,60 @@ def apply_rope_partial(x, positions, base, rotary_dim):
 
 
 @hookimpl
-def gqa_attention(q, k, v, n_kv_heads, causal):
-    # v2: (q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask), forwarded as they come.
-    return (_K or _kernels()).gqa_attention(q, k, v, n_kv_heads, causal, None, None, None, None)
-
-
-@hookimpl
-def logits_from_hidden(hidden, lm_head):
-    # v2: (hidden, lm_head, softcap).
-    return (_K or _kernels()).logits_from_hidden(hidden, lm_head, None)
-
-
-@hookimpl
-def all_logits_from_hidden(hidden, lm_head):
-    # v2: (hidden, lm_head, softcap).
-    return (_K or _kernels()).all_logits_from_hidden(hidden, lm_head, None)
-
-
-# --- contract v2 and the core's new array hooks: plain functions until the v2 core lands ----------------
-# Mark each one @hookimpl when the core has its spec (the v1 core refuses unknown hook names).
-
 def apply_rope(x, positions, inv_freq, attention_scaling):
     return (_K or _kernels()).apply_rope(x, positions, inv_freq, attention_scaling)
 
 
+@hookimpl
+def gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask):
+    return (_K or _kernels()).gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask)
+
+
+@hookimpl
+def logits_from_hidden(hidden, lm_head, softcap):
+    return (_K or _kernels()).logits_from_hidden(hidden, lm_head, softcap)
+
+
+@hookimpl
+def all_logits_from_hidden(hidden, lm_head, softcap):
+    return (_K or _kernels()).all_logits_from_hidden(hidden, lm_head, softcap)
+
+
+@hookimpl
 def embedding(ids, table):
     return (_K or _kernels()).embedding(ids, table)
 
 
+# --- evaluation and layout: what an engine and sapient_core.KVCache need between ops, on the device ------
+
+@hookimpl
 def backend_eval(arrays):
     """Evaluate results on the device, no host copy (``Backend.eval(*arrays)``)."""
     return _kernels().evaluate(arrays)
 
 
+@hookimpl
 def backend_reshape(x, shape):
     return _kernels().reshape(x, shape)
 
 
+@hookimpl
 def backend_transpose(x, axes):
     return _kernels().transpose(x, axes)
 
 
+@hookimpl
 def backend_zeros(shape):
     """A float32 array of zeros of ``shape`` on the device (a preallocated KV cache)."""
     return _kernels().zeros(shape)
 
 
+@hookimpl
 def backend_write(dst, src, axis, start):
     """``dst`` with ``src`` written along ``axis`` from ``start``; returns the updated array."""
     return _kernels().write(dst, src, axis, start)
 
 
+@hookimpl
 def backend_slice(x, axis, start, stop):
     return _kernels().slice(x, axis, start, stop)

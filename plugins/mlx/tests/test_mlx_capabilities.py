@@ -18,7 +18,7 @@ LIBMLX = "ImportError: libmlx.so: cannot open shared object file: No such file o
 
 def full_report(facts):
     report = decide(facts)
-    report.update(api_version=1, version="0.1.0", priority=100, thread_safe=False)
+    report.update(api_version=2, version="0.2.0", priority=100, thread_safe=False)
     return check_capabilities(PluginRecord(name="mlx", target="test"), report)   # the core accepts it
 
 
