@@ -75,8 +75,21 @@ class FitPolicy:
         return FitDecision(
             ok,
             f"{_fmt(model_bytes)} x {self.factor:g} = {need_s} {'<=' if ok else '>'} usable {usable_s} "
-            f"({_fmt(memory.total_bytes)} from {memory.source} - {_fmt(self.reserve_bytes)} reserve)",
+            f"({_fmt(memory.total_bytes)} from {memory.source} - {_fmt(self.reserve_bytes)} reserve)"
+            + _held_where(memory, model_bytes),
             usable, needed)
+
+
+def _held_where(memory: MemoryInfo, model_bytes: int) -> str:
+    """Where the weights are held, when the plugin says whether its memory is the host's."""
+    if memory.unified_memory is True:
+        return (f"; unified memory (the host's): this assumes the weights are handed over (backend.from_numpy, "
+                f"host copies dropped) and held once - kept as NumPy arrays and cached on the device they are "
+                f"held twice in the same memory, about {_fmt(model_bytes)} x 2.5")
+    if memory.unified_memory is False:
+        return ("; discrete device memory: the device holds the weights; host NumPy copies stay in RAM until "
+                "dropped")
+    return ""
 
 
 DEFAULT_POLICY = FitPolicy()

@@ -204,3 +204,16 @@ def test_plugin_without_memory_hook_gets_the_system_ram():
     reg = Registry(entry_points=lambda: [])
     reg.register(namespace_plugin(caps_dict(device="metal")), "gpu")
     assert reg.get_backend("gpu").memory == memory.system_memory()
+
+
+@pytest.mark.parametrize("unified, says", [
+    (True, r"; unified memory \(the host's\): this assumes the weights are handed over \(backend\.from_numpy, host "
+           r"copies dropped\) and held once - kept as NumPy arrays and cached on the device they are held twice in "
+           r"the same memory, about 4\.00 GiB x 2\.5$"),
+    (False, r"; discrete device memory: the device holds the weights; host NumPy copies stay in RAM until dropped$"),
+    (None, r"reserve\)$"),
+])
+def test_the_explanation_says_where_the_weights_are_held(unified, says):
+    mem = MemoryInfo(total_bytes=64 * GiB, source="fake", unified_memory=unified)
+    d = FitPolicy().decide(4 * GiB, mem)
+    assert d.fits and re.search(says, d.explanation), d.explanation
