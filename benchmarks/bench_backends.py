@@ -96,8 +96,8 @@ def step_weight_bytes(config: LlamaConfig, weights: dict[str, np.ndarray]) -> in
 
 
 def decode_step(backend, config: LlamaConfig, weights: dict[str, np.ndarray], kv_len: int, steps: int,
-                seed: int = 0) -> dict:
-    model = Llama(backend, config, weights)
+                seed: int = 0, cache: str = "inplace") -> dict:
+    model = Llama(backend, config, weights, cache=cache)
     cache = model.random_state(1, kv_len, seed)
     backend.reset_stats()
     t0 = time.perf_counter()
@@ -150,7 +150,7 @@ def print_decode(results: list[dict], config: LlamaConfig, weights: dict, kv_len
     print(table(["backend", "ms/token", "step 1 ms", "host copies/step", "weight uploads after step 1",
                  "weight bytes/token", "GB/s", "% of bandwidth", "fallbacks", "max|logits-cpu|"], rows))
     print("host copies/step: device->host copies (the logits, NumPy by contract) and host->device "
-          "activation uploads (the token embeddings, gathered on the host by the test model); '-' for a "
+          "activation uploads (the token ids, the step's RoPE table rows, the KV write offset); '-' for a "
           "backend whose arrays are NumPy.  % of bandwidth: weight bytes/token / ms/token over the best "
           "read bandwidth above.")
 
@@ -203,6 +203,18 @@ def main(argv: list[str] | None = None) -> int:
         results = [decode_step(be, config, weights, kv_len, args.steps) for be in (cpu, other)]
         bw = memory_bandwidth(BW_BYTES)
         print_decode(results, config, weights, kv_len, bw)
+        print(f"\nKV cache, decode step over {kv_len} cached positions: sapient_core.KVCache (preallocated, "
+              f"appended in place) against growing the cache by concatenation (ms/token, median of "
+              f"{args.steps} steps, measured alternately):")
+        rows = []
+        for be in (cpu, other):
+            runs = {kind: [] for kind in ("inplace", "concat")}
+            for _ in range(2):
+                for kind in runs:
+                    runs[kind].append(decode_step(be, config, weights, kv_len, args.steps, cache=kind)["median_s"])
+            inplace, concat = min(runs["inplace"]), min(runs["concat"])
+            rows.append([be.name, f"{inplace * 1e3:.2f}", f"{concat * 1e3:.2f}", f"{concat / inplace:.3f}"])
+        print(table(["backend", "in place ms", "concatenated ms", "concatenated / in place"], rows))
     return 0
 
 
