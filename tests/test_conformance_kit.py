@@ -298,3 +298,48 @@ def test_pytest_option_collects_the_kit_for_an_installed_backend(tmp_path):
     assert "test_conformance[wrongshape-linear_3d:prefill] - Failed: wrongshape linear_3d:prefill: wrong result: " \
            "returned shape (2, 7, 687), expected (2, 7, 688)" in out
     assert "[cpu-linear_3d" not in out.split("short test summary")[-1]       # cpu passed every case
+
+
+# --- contract v2: every new argument is covered, and a backend that ignores one is caught by name ------------
+
+def test_every_argument_with_a_default_is_set_by_a_value_case():
+    """A backend that takes an argument and ignores it must fail some case: each defaulted argument (all of
+    contract v2's) is set to something other than its default by at least one value case."""
+    from sapient_core.testing.conformance import _is_default
+    cases = build_cases()
+    for op, spec in OPS.items():
+        for i, arg in enumerate(spec.args):
+            if not arg.has_default:
+                continue
+            setting = [c.name for c in cases if c.op == op and c.expect is None and len(c.args()) > i
+                       and not _is_default(c.args()[i], arg.default)]
+            assert setting, f"no value case of {op} sets {arg.name}"
+
+
+@pytest.mark.parametrize("name, op, arg", [("ignoreswindow", "gqa_attention", "sliding_window"),
+                                           ("ignoressoftcap", "gqa_attention", "softcap"),
+                                           ("ignoressoftcap", "logits_from_hidden", "softcap")])
+def test_a_backend_that_ignores_an_argument_fails_with_the_op_and_the_argument_named(registry, name, op, arg):
+    report = run_conformance(plant(registry, name), registry=registry)
+    assert not report.ok
+    failing = [r for r in report.failures if r.op == op]
+    named = [r.reason.split("]")[0] for r in failing]
+    assert failing and all(n.startswith("[sets ") and arg in n[6:].split(", ") for n in named), named
+    cases = {c.name for c in build_cases() if c.op == op and c.expect is None}
+    setting = {r.case for r in failing}
+    assert setting < cases                                    # the cases that do not set it pass
+    assert all(r.status == PASS for r in report.results if r.op == op and r.case not in setting)
+
+
+def test_a_plugin_built_for_api_1_is_routed_not_failed(registry):
+    report = run_conformance(plant(registry, "v1attention"), registry=registry)
+    assert report.ok, report.table(failures_only=True)
+    routed = {(r.op, r.case) for r in report.results if r.status == ROUTED}
+    v2_cases = {(c.op, c.name) for c in build_cases() if c.expect is None and (
+        (c.op == "gqa_attention" and len(c.args()) > 5) or (c.op == "apply_rope_positions" and c.args()[1].ndim == 2))}
+    assert routed == v2_cases and routed
+    r = next(r for r in report.results if r.status == ROUTED and r.op == "gqa_attention")
+    assert "does not take" in r.reason and "added in hook API 2" in r.reason
+    r = next(r for r in report.results if r.status == ROUTED and r.op == "apply_rope_positions")
+    assert "built for hook API 1" in r.reason and "(B, S) positions" in r.reason
+    assert f"{len(routed)} routed to the CPU reference" in report.summary()

@@ -571,3 +571,96 @@ def test_non_finite_scalars_are_refused(value, message):
     assert (exc.value.op, exc.value.arg) == ("apply_rope_positions", "base")
     with pytest.raises(ArgumentError, match=rf"^rms_norm: eps {message}$"):
         b.rms_norm(*valid_args("rms_norm")[:2], value)
+
+
+# --- contract v2: plugins written for v1 keep working and are never silently wrong -----------------------
+
+def v1_plugin():
+    """A plugin as written for hook API 1: its hooks do not take the v2 arguments."""
+    calls = []
+
+    def attention(q, k, v, n_kv_heads, causal):
+        calls.append("gqa_attention")
+        return kernels.gqa_attention(q, k, v, n_kv_heads, causal, None, None, None, None)
+
+    def logits(hidden, lm_head):
+        calls.append("logits_from_hidden")
+        return kernels.logits_from_hidden(hidden, lm_head, None)
+
+    def rope(x, positions, base):
+        calls.append("apply_rope_positions")
+        return kernels.apply_rope_positions(x, positions, base)
+
+    plugin = namespace_plugin(caps_dict(api_version=1),
+                              gqa_attention=op_function("gqa_attention", attention, ["q", "k", "v", "n_kv_heads", "causal"]),
+                              logits_from_hidden=op_function("logits_from_hidden", logits, ["hidden", "lm_head"]),
+                              apply_rope_positions=op_function("apply_rope_positions", rope, ["x", "positions", "base"]))
+    plugin.calls = calls
+    return plugin
+
+
+def test_a_v1_plugin_runs_v1_calls_and_never_sees_a_v2_argument(caplog):
+    plugin = v1_plugin()
+    b = backend_of(plugin, name="old", strict=True)             # routing is not a failure, even when strict
+    q, k, v, kvh, causal = valid_args("gqa_attention")[:5]
+    assert_same(b.gqa_attention(q, k, v, kvh, causal), kernels.gqa_attention(q, k, v, kvh, causal, None, None, None, None))
+    assert plugin.calls == ["gqa_attention"]
+    mask = np.ones((2, 5), bool)
+    mask[1, :2] = False
+    with caplog.at_level(logging.WARNING, logger="sapient_core"):
+        for _ in range(3):
+            got = b.gqa_attention(q, k, v, kvh, causal, None, 2, None, mask)
+        logits = b.logits_from_hidden(*valid_args("logits_from_hidden")[:2], 30.0)
+        x4 = valid_args("apply_rope_positions")[0]
+        rope = b.apply_rope_positions(x4, np.array([[0, 1, 2], [5, 6, 7]]), 10000.0)
+        b.apply_rope_positions(x4, np.array([0, 1, 2]), 10000.0)
+    assert_same(got, kernels.gqa_attention(q, k, v, kvh, causal, None, 2, None, mask))
+    assert_same(logits, kernels.logits_from_hidden(*valid_args("logits_from_hidden")[:2], 30.0))
+    assert_same(rope, kernels.apply_rope_positions(x4, np.array([[0, 1, 2], [5, 6, 7]]), 10000.0))
+    assert plugin.calls == ["gqa_attention", "apply_rope_positions"]      # only the v1 calls reached it
+    st = b.stats().ops
+    assert (st["gqa_attention"].calls, st["gqa_attention"].routed, st["gqa_attention"].fallbacks) == (4, 3, 0)
+    assert st["gqa_attention"].routed_reasons == {
+        "old's gqa_attention('q', 'k', 'v', 'n_kv_heads', 'causal') does not take 'sliding_window' (added in hook "
+        "API 2), which this call sets": 3}
+    assert st["logits_from_hidden"].routed == 1 and st["apply_rope_positions"].routed == 1
+    assert st["apply_rope_positions"].routed_reasons == {
+        "old was built for hook API 1, whose apply_rope_positions takes (S,) positions only, and this call passes "
+        "(B, S) positions": 1}
+    logged = sapient_warnings(caplog)
+    assert len([m for m in logged if "sliding_window" in m]) == 1            # one log line per reason
+    assert len(logged) == 3
+    assert b.capabilities.api_version == 1 and st["embedding"].implemented_by == "cpu"
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda b, a: b.gqa_attention(*a[:5], None, 0), ArgumentError,
+     r"^gqa_attention: sliding_window must be >= 1 \(the number of keys a query sees, itself included\), got 0$"),
+    (lambda b, a: b.gqa_attention(*a[:4], False, None, 3), ArgumentError,
+     r"^gqa_attention: sliding_window=3 needs causal=True"),
+    (lambda b, a: b.gqa_attention(*a[:5], None, 2.0), DTypeError, r"^gqa_attention: sliding_window must be an int or None, "
+     r"got float 2\.0$"),
+    (lambda b, a: b.gqa_attention(*a[:5], None, True), DTypeError, r"^gqa_attention: sliding_window must be an int"),
+    (lambda b, a: b.gqa_attention(*a[:5], None, None, 0.0), ArgumentError, r"^gqa_attention: softcap must be > 0, got 0\.0$"),
+    (lambda b, a: b.gqa_attention(*a[:5], float("inf")), ArgumentError, r"^gqa_attention: scale must be finite, got inf$"),
+    (lambda b, a: b.gqa_attention(*a[:5], None, None, None, [[True] * 5] * 2), DTypeError,
+     r"^gqa_attention: kv_mask must be a bool array of shape \(B, Sk\) or None, got list"),
+    (lambda b, a: b.logits_from_hidden(*valid_args("logits_from_hidden")[:2], -1.0), ArgumentError,
+     r"^logits_from_hidden: softcap must be > 0, got -1\.0$"),
+    (lambda b, a: b.apply_rope(valid_args("apply_rope")[0], [0, 1, 2], np.ones(2, np.float32), 0.0), ArgumentError,
+     r"^apply_rope: attention_scaling must be > 0, got 0\.0$"),
+    (lambda b, a: b.embedding(np.array([[0, -3]]), np.zeros((4, 2), np.float32)), ArgumentError,
+     r"^embedding: id -3 at \(0, 1\) is outside the vocabulary \[0, 4\) of table \(ids \(1, 2\), table \(4, 2\)\)$"),
+    (lambda b, a: b.embedding(np.array([[0.0]]), np.zeros((4, 2), np.float32)), DTypeError,
+     r"^embedding: ids must have an integer dtype, got float64"),
+])
+def test_v2_validation_messages_are_the_same_everywhere(call, error, message):
+    a = valid_args("gqa_attention")
+    plugin = delegating_plugin()
+    raised = []
+    for b in (Registry(entry_points=lambda: []).get_backend("cpu"), backend_of(plugin), backend_of(v1_plugin(), "old")):
+        with pytest.raises(error, match=message) as exc:
+            call(b, a)
+        raised.append(str(exc.value))
+        assert all(s.calls == 0 for s in b.stats().ops.values())
+    assert len(set(raised)) == 1 and plugin.calls == []

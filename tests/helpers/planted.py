@@ -74,6 +74,29 @@ def add(a, b):
 def silu(x):
     return np.nan_to_num(kernels.silu(x))
 '''),
+    "ignoreswindow": ("gqa_attention takes every v2 argument but ignores sliding_window", '''
+@hookimpl
+def gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask):
+    return kernels.gqa_attention(q, k, v, n_kv_heads, causal, scale, None, softcap, kv_mask)
+'''),
+    "ignoressoftcap": ("gqa_attention and the logits ops take softcap but ignore it", '''
+@hookimpl
+def gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask):
+    return kernels.gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, None, kv_mask)
+
+@hookimpl
+def logits_from_hidden(hidden, lm_head, softcap):
+    return kernels.logits_from_hidden(hidden, lm_head, None)
+'''),
+    "v1attention": ("a plugin written for hook API 1: gqa_attention and RoPE without the v2 arguments", '''
+@hookimpl
+def gqa_attention(q, k, v, n_kv_heads, causal):
+    return kernels.gqa_attention(q, k, v, n_kv_heads, causal, None, None, None, None)
+
+@hookimpl
+def apply_rope_positions(x, positions, base):
+    return kernels.apply_rope_positions(x, positions, base)
+'''),
     "overflows": ("silu as x / (1 + exp(-x)): exp overflows for x < -88", '''
 @hookimpl
 def silu(x):
@@ -83,9 +106,16 @@ def silu(x):
 }
 
 
+#: Planted backends that declare an API version other than the current one.
+API_VERSION = {"v1attention": 1}
+
+
 def planted_source(name: str) -> str:
     what, body = PLANTED[name]
-    return textwrap.dedent(_HEADER % what) + body
+    header = textwrap.dedent(_HEADER % what)
+    if name in API_VERSION:
+        header = header.replace('"api_version": 2', f'"api_version": {API_VERSION[name]}')
+    return header + body
 
 
 def planted_module(name: str) -> types.ModuleType:
