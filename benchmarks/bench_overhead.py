@@ -33,7 +33,7 @@ def checked_plugin():
     import types
 
     from sapient_core import OPS, hookimpl
-    ns = {"backend_capabilities": hookimpl(lambda: {"api_version": 1, "device": "cpu", "available": True,
+    ns = {"backend_capabilities": hookimpl(lambda: {"api_version": 2, "device": "cpu", "available": True,
                                                     "thread_safe": True})}
     for op in OPS:
         ns[op] = hookimpl(getattr(kernels, op))
