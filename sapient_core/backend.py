@@ -322,7 +322,15 @@ class Backend(OpMethods):
                 backend=self.name, op=spec.name, reason=reason, declined=declined) from exc
         self._count(self._fallbacks, spec.name, reason)
         self._log_once(spec.name, reason, "%s.%s %s (%s); %s", self.name, spec.name, what, reason, _FALLBACK_NOTE)
-        return self._reference_call(spec, ref_impl, args)
+        try:
+            return self._reference_call(spec, ref_impl, args)
+        except Exception as ref_exc:
+            # E.g. a lazy device whose failed graph also holds this op's inputs: they cannot be brought to
+            # the host either.  Say both, rather than surface the second error alone.
+            raise BackendOpError(
+                f"{self.name}.{spec.name} {what} ({reason}), and the CPU reference could not take over: "
+                f"{type(ref_exc).__name__}: {ref_exc}", backend=self.name, op=spec.name, reason=reason,
+                declined=declined) from ref_exc
 
     def _own_array_type(self) -> type:
         if self._own_type is None:

@@ -664,3 +664,19 @@ def test_v2_validation_messages_are_the_same_everywhere(call, error, message):
         raised.append(str(exc.value))
         assert all(s.calls == 0 for s in b.stats().ops.values())
     assert len(set(raised)) == 1 and plugin.calls == []
+
+
+def test_a_fallback_that_cannot_read_its_inputs_says_both_errors():
+    """A lazy device whose failed evaluation also holds the op's inputs: the fallback cannot convert them."""
+    def to_numpy(x):
+        raise RuntimeError("the device lost the input's buffer")
+
+    plugin = namespace_plugin(caps_dict(), backend_to_numpy=to_numpy, backend_from_numpy=lambda x: Boxed(x),
+                              silu=lambda x: (_ for _ in ()).throw(MemoryError("out of device memory")))
+    b = backend_of(plugin)
+    with pytest.raises(BackendOpError, match=r"^fake\.silu failed \(MemoryError: out of device memory\), and the CPU "
+                                             r"reference could not take over: RuntimeError: the device lost the "
+                                             r"input's buffer$") as exc:
+        b.silu(Boxed(valid_args("silu")[0]))
+    assert isinstance(exc.value.__cause__, RuntimeError) and exc.value.op == "silu"
+    assert b.stats().ops["silu"].fallbacks == 1
