@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import HOOK_API_VERSION, SUPPORTED_API_VERSIONS, __version__
 from .errors import (ArgumentError, BackendNotFoundError, BackendOpError, BackendUnavailableError, DTypeError,
                      IncompatiblePluginError, OpDeclined, PluginLoadError, PluginValidationError, PluginWarning,
-                     SapientError, SapientWarning, ShapeError)
+                     SapientError, SapientWarning, ShapeError, SwitchWarning)
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -46,7 +46,7 @@ __all__ = [
     # errors and warnings
     "SapientError", "BackendNotFoundError", "BackendUnavailableError", "PluginLoadError",
     "PluginValidationError", "IncompatiblePluginError", "ShapeError", "DTypeError", "ArgumentError", "OpDeclined",
-    "BackendOpError", "SapientWarning", "PluginWarning",
+    "BackendOpError", "SapientWarning", "PluginWarning", "SwitchWarning",
 ]
 
 #: Where each lazily imported public name lives.

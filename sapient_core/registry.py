@@ -14,7 +14,8 @@ import os
 from typing import Any, Callable, Iterable
 
 from .backend import Backend
-from .discovery import ENTRY_POINT_GROUP, REFERENCE, Discovery, _env_flag
+from . import switches
+from .discovery import ENTRY_POINT_GROUP, REFERENCE, Discovery
 from .memory import FitPolicy
 from .models import BackendInfo, Explanation
 from .resolution import resolve
@@ -112,7 +113,8 @@ class Registry:
             assert exp.exception is not None
             raise exp.exception
         if strict is None:
-            strict = _env_flag("SAPIENT_STRICT")
+            strict = switches.flag("SAPIENT_STRICT", bad_means=True, warned=self.discovery.warned,
+                                   effect="a failing op raises BackendOpError instead of falling back")
         key = (exp.chosen, bool(strict))
         d = self.discovery
         with d.lock:

@@ -189,12 +189,12 @@ def test_list_shows_every_kind_of_broken_plugin(fake_site, use_registry, capsys)
         assert any(r.startswith(f"{name} (broken): plugin '{name}'") for r in rows), case
     assert any(r.startswith("cpu (broken): entry-point name 'cpu' (from fake-impostor") for r in rows)
     assert any(r.startswith("Bad-Name (broken): entry-point name 'Bad-Name'") for r in rows)
-    assert any(r.startswith("dup (broken): duplicate backend name 'dup'") for r in rows)
-    assert out.endswith("\nauto resolves to: 'dup'\n")
+    assert len([r for r in rows if r.startswith("dup (broken): backend name 'dup' is claimed by 2 distributions")]) == 2
+    assert out.endswith("\nauto resolves to: 'cpu'\n")
 
     assert cli.main(["list", "--json"]) == 0
     infos = json.loads(capsys.readouterr().out)
     errors = {i["name"]: i["error"] for i in infos if i["status"] == "broken"}
     assert {name: errors[name] for name, _, _ in names} == {name: error for name, _, error in names}
     assert sorted((i["name"], i["status"]) for i in infos if i["name"] in ("cpu", "dup")) == [
-        ("cpu", "available"), ("cpu", "broken"), ("dup", "available"), ("dup", "broken")]
+        ("cpu", "available"), ("cpu", "broken"), ("dup", "broken"), ("dup", "broken")]

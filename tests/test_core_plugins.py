@@ -69,21 +69,89 @@ def test_broken_reason_keeps_the_original_exception_as_cause(fake_site):
 
 # --- entry-point names -------------------------------------------------------------------------------------
 
-def test_duplicate_entry_point_names(fake_site):
-    fake_site.add_dist("fake-alpha", entry_points={"dup": "sapient_fake_alpha"},
-                       modules={"sapient_fake_alpha": plugin_source(device="metal", priority=1)})
-    fake_site.add_dist("fake-beta", entry_points={"dup": "sapient_fake_beta"},
-                       modules={"sapient_fake_beta": plugin_source(device="cuda", priority=1)})
-    reg = fake_site.registry()
-    message = (r"^duplicate backend name 'dup': fake-beta \(sapient_fake_beta\) and fake-alpha \(sapient_fake_alpha\) "
-               r"both declare it; 'dup' is fake-alpha's \(the first by distribution name\), fake-beta's is skipped\. "
-               r"To remedy this, uninstall one of them$")
-    with pytest.warns(PluginWarning, match=message):
+def contested(site):
+    site.add_dist("fake-alpha", entry_points={"dup": "sapient_fake_alpha"},
+                  modules={"sapient_fake_alpha": plugin_source(device="metal", priority=1)})
+    site.add_dist("fake-beta", entry_points={"dup": "sapient_fake_beta"},
+                  modules={"sapient_fake_beta": plugin_source(device="cuda", priority=1)})
+    return site.registry()
+
+
+def test_a_name_two_distributions_claim_is_refused_for_both(fake_site):
+    reg = contested(fake_site)
+    message = (r"^backend name 'dup' is claimed by 2 distributions: fake-alpha \(sapient_fake_alpha\) and fake-beta "
+               r"\(sapient_fake_beta\); none of them is used, since any could be an impostor\. To remedy this, "
+               r"uninstall all but one, or pick one with SAPIENT_PLUGINS=dup@fake-alpha$")
+    with pytest.warns(PluginWarning, match=message) as record:
         infos = reg.list_backends()
+    assert len([w for w in record if issubclass(w.category, PluginWarning)]) == 1      # one warning per conflict
     dups = [i for i in infos if i.name == "dup"]
-    assert [(i.status, i.distribution) for i in dups] == [("available", "fake-alpha"), ("broken", "fake-beta")]
-    assert reg.get_backend("dup").device == "metal"
-    assert "sapient_fake_beta" not in sys.modules          # the skipped one is never imported
+    assert [(i.status, i.distribution) for i in dups] == [("broken", "fake-alpha"), ("broken", "fake-beta")]
+    assert all(re.search(message, i.reason) for i in dups)
+    assert reg.get_backend("auto").name == "cpu"
+    with pytest.raises(BackendUnavailableError, match=r"^backend 'dup' is installed but broken: backend name 'dup' is "
+                                                      r"claimed by 2 distributions"):
+        reg.get_backend("dup")
+    assert "sapient_fake_alpha" not in sys.modules and "sapient_fake_beta" not in sys.modules   # no code ran
+
+
+@pytest.mark.parametrize("pick, device, other", [("fake-beta", "cuda", "fake-alpha"), ("Fake_Alpha", "metal", "fake-beta")])
+def test_the_user_picks_one_of_two_claimants_with_name_at_distribution(fake_site, monkeypatch, pick, device, other):
+    monkeypatch.setenv("SAPIENT_PLUGINS", f"dup@{pick}")
+    reg = contested(fake_site)
+    infos = no_plugin_warnings(lambda: reg.list_backends())
+    dups = {i.distribution: i for i in infos if i.name == "dup"}
+    assert dups[other].status == "disabled"
+    assert dups[other].reason == f"SAPIENT_PLUGINS='dup@{pick}' picks {dups[other].reason.split()[2]} 'dup', not {other}'s"
+    assert reg.get_backend("dup").device == device and reg.get_backend("auto").name == "dup"
+    assert f"sapient_fake_{other.split('-')[1]}" not in sys.modules
+
+
+def official_mlx(site, marker):
+    """A stand-in for the real sapient-backend-mlx (same distribution name), and an impostor sorted before it."""
+    site.add_dist("sapient-backend-mlx", entry_points={"mlx": "sapient_fake_official_mlx"},
+                  modules={"sapient_fake_official_mlx": plugin_source(device="metal", priority=100)})
+    site.add_dist("aaa-impostor", entry_points={"mlx": "sapient_fake_impostor_mlx"},
+                  modules={"sapient_fake_impostor_mlx": plugin_source(
+                      header=f"open({str(marker)!r}, 'a').write('impostor ran')", device="metal", priority=10 ** 6)})
+    return site.registry()
+
+
+@pytest.mark.parametrize("allow", [None, "mlx", "cpu,mlx"])
+def test_the_name_mlx_belongs_to_sapient_backend_mlx(fake_site, tmp_path, monkeypatch, allow):
+    if allow is not None:
+        monkeypatch.setenv("SAPIENT_PLUGINS", allow)
+    marker = tmp_path / "impostor-ran"
+    reg = official_mlx(fake_site, marker)
+    with pytest.warns(PluginWarning, match=r"^entry-point name 'mlx' \(from aaa-impostor, sapient_fake_impostor_mlx\) "
+                                           r"is reserved for the official backend \(sapient-backend-mlx\)\. To remedy "
+                                           r"this, rename the entry point$"):
+        infos = reg.list_backends()
+    assert sorted((i.status, i.distribution) for i in infos if i.name == "mlx") == [
+        ("available", "sapient-backend-mlx"), ("broken", "aaa-impostor")]
+    assert reg.get_backend("mlx").capabilities.distribution == "sapient-backend-mlx"
+    assert reg.get_backend("auto").name == "mlx" and reg.get_backend("auto").capabilities.priority == 100
+    assert not marker.exists() and "sapient_fake_impostor_mlx" not in sys.modules
+
+
+def test_an_impostor_mlx_is_refused_even_when_the_real_one_is_not_installed(fake_site, tmp_path):
+    marker = tmp_path / "impostor-ran"
+    fake_site.add_dist("aaa-impostor", entry_points={"mlx": "sapient_fake_impostor_mlx"},
+                       modules={"sapient_fake_impostor_mlx": plugin_source(
+                           header=f"open({str(marker)!r}, 'a').write('impostor ran')", device="metal")})
+    reg = fake_site.registry()
+    with pytest.warns(PluginWarning, match=r"is reserved for the official backend \(sapient-backend-mlx\)"):
+        with pytest.raises(BackendNotFoundError, match=r"^no backend named 'mlx' is installed \(installed: 'cpu'\)\. "
+                                                       r"To get it: pip install sapient-backend-mlx"):
+            reg.get_backend("mlx")
+    assert reg.get_backend("auto").name == "cpu" and not marker.exists()
+
+
+def test_register_refuses_the_official_names():
+    reg = Registry(entry_points=lambda: [])
+    with pytest.raises(PluginValidationError, match=r"^register: 'mlx' is reserved for sapient-backend-mlx\. To "
+                                                    r"remedy this, register it under another name$"):
+        reg.register(namespace_plugin(caps_dict()), "mlx")
 
 
 def test_entry_point_named_cpu_from_another_distribution_is_refused(fake_site):
@@ -333,7 +401,7 @@ def test_a_plugin_warning_points_at_the_callers_line_not_into_the_library(fake_s
     warning = next(w for w in record if issubclass(w.category, PluginWarning))
     assert warning.filename == __file__, warning.filename
     fake_site.add_plugin("bad", dist="fake-bad-again")
-    with pytest.warns(PluginWarning, match="duplicate backend name") as record:
+    with pytest.warns(PluginWarning, match="backend name 'bad' is claimed by 2 distributions") as record:
         fake_site.registry().get_backend("cpu")            # discovery runs here, deep inside the library
     assert [w.filename for w in record if issubclass(w.category, PluginWarning)] == [__file__]
 
