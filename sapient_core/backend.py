@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import numpy as np
 
 from ._ops import OpMethods
-from .errors import BackendOpError, OpDeclined
+from .errors import BackendOpError, OpDeclined, is_interrupt
 from .hookspecs import OPS, OpSpec
 from .validate import float_dtype_name, register_array_type
 
@@ -146,7 +146,20 @@ class Backend(OpMethods):
     def _to_numpy_unlocked(self, x: Any) -> Any:
         if x is None or x.__class__ is _ndarray:
             return x
-        return np.asarray(self._to_numpy_hook(x))
+        try:
+            return np.asarray(self._to_numpy_hook(x))
+        except Exception:
+            raise
+        except BaseException as exc:        # SystemExit & co. from the plugin: its failure, not the program's end
+            raise self._hook_error("backend_to_numpy", exc) from exc
+
+    def _hook_error(self, hook: str, exc: BaseException) -> BaseException:
+        """A BaseException a plugin's hook raised, as an error of that backend (KeyboardInterrupt stays)."""
+        if is_interrupt(exc):
+            return exc
+        reason = f"{type(exc).__name__}: {exc}"
+        return BackendOpError(f"{self.name}.{hook}() raised {reason}; a plugin's hook must not end the program, so "
+                              f"it is reported as this error", backend=self.name, op=hook, reason=reason)
 
     def _locked(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._lock is None:
@@ -164,7 +177,12 @@ class Backend(OpMethods):
         """Return the NumPy array ``x`` in this backend's own array type (unchanged when it has none)."""
         if self._from_numpy_hook is None:
             return x
-        return self._locked(self._from_numpy_hook, x)
+        try:
+            return self._locked(self._from_numpy_hook, x)
+        except Exception:
+            raise
+        except BaseException as exc:
+            raise self._hook_error("backend_from_numpy", exc) from exc
 
     def concatenate(self, arrays: Iterable[Any], axis: int = 0) -> Any:
         """Concatenate along ``axis`` in this backend's array type (on the device where it can)."""
@@ -227,7 +245,9 @@ class Backend(OpMethods):
         if self._own_type is None:
             try:
                 own = type(self._locked(self._from_numpy_hook, np.zeros((0,), np.float32)))
-            except Exception:  # noqa: BLE001 - a broken from_numpy: only NumPy results are accepted
+            except BaseException as exc:  # noqa: BLE001 - a broken from_numpy: only NumPy results are accepted
+                if is_interrupt(exc):
+                    raise
                 own = _ndarray
             self._own_type = own
             for route in self._routes.values():
@@ -316,8 +336,12 @@ class Backend(OpMethods):
         if hook is not None:
             try:
                 plugin = self._locked(hook[0])
-            except Exception as exc:  # noqa: BLE001 - stats must never break the caller
+            except BaseException as exc:  # noqa: BLE001 - stats must never break (or end) the caller
+                if is_interrupt(exc):
+                    raise
                 plugin = {"error": f"backend_stats() raised {type(exc).__name__}: {exc}"}
+            if not isinstance(plugin, dict):
+                plugin = {"error": f"backend_stats() returned {type(plugin).__name__} {plugin!r:.80}, not a dict"}
         return Stats(backend=self.name, device=self.device, strict=self.strict, ops=ops, plugin=plugin)
 
     def reset_stats(self) -> None:

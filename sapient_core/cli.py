@@ -43,6 +43,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(format_table(rows, ["name", "status", "device", "version", "priority", "threads", "memory",
                               "distribution"]))
     notes = [(i.name, i.status, i.reason) for i in infos if i.reason]
+    notes += [(i.name, i.status, f"note: {note}") for i in infos for note in i.notes]
     if notes:
         print()
         for name, status, reason in notes:

@@ -110,6 +110,8 @@ class BackendInfo(BaseModel):
     :ivar capabilities: the full report, for loaded plugins.
     :ivar memory: the device memory it reports, for loaded plugins.
     :ivar implemented_ops: the ops it implements itself.
+    :ivar notes: hints for the plugin's author (e.g. a function named like a hook but not marked
+        ``@hookimpl``); the plugin works, but maybe not as meant.
     :ivar error: for a broken plugin, the :class:`sapient_core.PluginLoadError` (or subclass) that
         refused it (in JSON: the exception's class name).
     """
@@ -129,6 +131,7 @@ class BackendInfo(BaseModel):
     capabilities: Optional[Capabilities]
     memory: Optional[MemoryInfo]
     implemented_ops: tuple[str, ...]
+    notes: tuple[str, ...] = ()
     error: Optional[Exception] = Field(default=None, repr=False)
 
     @field_serializer("error")

@@ -244,7 +244,9 @@ def run_case(backend: Any, case: Case, reference: Any) -> CaseResult:
         if exc.reason.startswith("wrong result: "):     # the dispatcher's own check of the result
             return CaseResult(name, op, case.name, FAIL, exc.reason, kind)
         return CaseResult(name, op, case.name, FAIL, f"the backend raised {exc.reason}", kind)
-    except Exception as exc:  # noqa: BLE001 - every exception is a result here
+    except BaseException as exc:  # noqa: BLE001 - every exception is a result here (SystemExit too)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         if case.expect is None:
             return CaseResult(name, op, case.name, FAIL, f"raised {_describe(exc)} on valid input", kind)
         return _check_error(backend, case, exc)
