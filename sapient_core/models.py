@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError,
                       field_serializer, field_validator, model_validator)
 
-from .reporting import fmt_bytes
+from .reporting import fmt_bytes, fmt_int
 
 __all__ = ["CapabilityReport", "Capabilities", "MemoryInfo", "BackendInfo", "Candidate", "Explanation",
            "OpStats", "Stats", "Status", "describe_validation_error", "ValidationError"]
@@ -177,7 +177,7 @@ class Explanation(BaseModel):
 
     def __str__(self) -> str:
         size = f" ({fmt_bytes(self.model_bytes)})" if self.model_bytes >= 1024 else ""
-        lines = [f"kind {self.kind!r} (from {self.source}), model_bytes={self.model_bytes}{size}: {self.rule}"]
+        lines = [f"kind {self.kind!r} (from {self.source}), model_bytes={fmt_int(self.model_bytes)}{size}: {self.rule}"]
         for c in self.candidates:
             mark = "->" if c.chosen else "  "
             lines.append(f" {mark} {c.name:<12} {c.status:<11} device={c.device or '-':<6} {c.reason}")

@@ -18,6 +18,7 @@ from . import switches
 from .discovery import ENTRY_POINT_GROUP, REFERENCE, Discovery
 from .memory import FitPolicy
 from .models import BackendInfo, Explanation
+from .reporting import fmt_int
 from .resolution import resolve
 
 __all__ = ["Registry", "ENTRY_POINT_GROUP", "REFERENCE"]
@@ -91,10 +92,10 @@ class Registry:
             logger.debug("resolve %r: %s %s - %s %s", kind, "took" if c.chosen else "passed over", c.name,
                          c.reason, c.memory)
             if c.chosen and c.fits is False:
-                logger.warning("%r resolves to %r, but a %d-byte model may not fit: %s", kind, c.name, model_bytes,
-                               c.memory)
+                logger.warning("%r resolves to %r, but a %s-byte model may not fit: %s", kind, c.name,
+                               fmt_int(model_bytes), c.memory)
         if exp.chosen:
-            logger.debug("resolve %r (model_bytes=%d) -> %r", kind, model_bytes, exp.chosen)
+            logger.debug("resolve %r (model_bytes=%s) -> %r", kind, fmt_int(model_bytes), exp.chosen)
         return exp
 
     def get_backend(self, kind: str | None = None, *, model_bytes: int = 0,
