@@ -34,16 +34,17 @@ from ..errors import BackendOpError
 from ..hookspecs import OPS
 from . import oracle
 from ..reporting import fmt_sci, format_table
-from .cases import Case, build_cases, kit_sizes
+from .cases import Case, build_cases, kit_sizes, missing_need
 from .tolerances import Tolerance, tolerance_for
 
-__all__ = ["PASS", "FAIL", "DECLINED", "NOT_IMPLEMENTED", "CaseResult", "Report", "nmse", "max_abs_err",
+__all__ = ["PASS", "FAIL", "DECLINED", "NOT_IMPLEMENTED", "NOT_RUN", "CaseResult", "Report", "nmse", "max_abs_err",
            "run_case", "run_conformance", "check_case", "conformance_tests"]
 
 PASS = "pass"
 FAIL = "fail"
 DECLINED = "declined"
 NOT_IMPLEMENTED = "not implemented"
+NOT_RUN = "not run"
 
 #: The NMSE against the CPU reference may be up to this times the oracle tolerance.
 REFERENCE_FACTOR = 4.0
@@ -53,7 +54,8 @@ REFERENCE_FACTOR = 4.0
 class CaseResult:
     """The outcome of one case on one backend.
 
-    :ivar status: ``"pass"``, ``"fail"``, ``"declined"`` or ``"not implemented"``.
+    :ivar status: ``"pass"``, ``"fail"``, ``"declined"``, ``"not implemented"`` or ``"not run"`` (the case's
+        inputs need a package that is not installed: the reason says which).
     :ivar reason: why it failed (every failed check, ``"; "``-separated), or the backend's reason for
         declining.
     :ivar kind: ``"value"`` (compared with the oracle) or ``"error"`` (bad input must raise).
@@ -116,6 +118,10 @@ class Report:
         return self._with(NOT_IMPLEMENTED)
 
     @property
+    def not_run(self) -> list[CaseResult]:
+        return self._with(NOT_RUN)
+
+    @property
     def ran_itself(self) -> bool:
         """Whether at least one value case ran on the backend itself (and passed)."""
         return any(r.kind == "value" for r in self.passed)
@@ -126,13 +132,17 @@ class Report:
         return not self.failures and self.ran_itself
 
     def counts(self) -> dict[str, int]:
-        return {s: len(self._with(s)) for s in (PASS, FAIL, DECLINED, NOT_IMPLEMENTED)}
+        return {s: len(self._with(s)) for s in (PASS, FAIL, DECLINED, NOT_IMPLEMENTED, NOT_RUN)}
 
     def summary(self) -> str:
         c = self.counts()
         verdict = "OK" if self.ok else "FAILED"
+        not_run = ""
+        if c[NOT_RUN]:
+            reasons = sorted({r.reason for r in self.not_run})
+            not_run = f"{c[NOT_RUN]} not run ({'; '.join(reasons)}), "
         text = (f"{self.backend} ({self.device}, {self.version}): {verdict} - {c[PASS]} passed, {c[FAIL]} failed, "
-                f"{c[DECLINED]} declined, {c[NOT_IMPLEMENTED]} op(s) not implemented (served by the CPU "
+                f"{c[DECLINED]} declined, {not_run}{c[NOT_IMPLEMENTED]} op(s) not implemented (served by the CPU "
                 f"reference)")
         if not self.failures and not self.ran_itself:
             text += "; it ran none of the ops itself, so it cannot pass"
@@ -219,6 +229,9 @@ def run_case(backend: Any, case: Case, reference: Any) -> CaseResult:
     kind = "error" if case.expect is not None else "value"
     if op not in backend.implemented_ops:
         return CaseResult(name, op, case.name, NOT_IMPLEMENTED, "served by the CPU reference", kind)
+    missing = missing_need(case)
+    if missing is not None:
+        return CaseResult(name, op, case.name, NOT_RUN, missing, kind)
     if not backend.strict:
         raise ValueError(f"run_case: the backend {name!r} must be strict (get_backend({name!r}, strict=True)) "
                          f"so that a fallback cannot borrow the CPU reference's answer")
@@ -392,7 +405,7 @@ def check_case(name: str, case: Case, *, registry: Any = None) -> CaseResult:
     result = run_case(backend, case, reg.get_backend("cpu", strict=True))
     if result.status == FAIL:
         pytest.fail(f"{backend.name} {case.id}: {result.reason}", pytrace=False)
-    if result.status in (DECLINED, NOT_IMPLEMENTED):
+    if result.status in (DECLINED, NOT_IMPLEMENTED, NOT_RUN):
         pytest.skip(f"{backend.name} {case.id}: {result.status}: {result.reason}")
     return result
 

@@ -74,6 +74,19 @@ def add(a, b):
 def silu(x):
     return np.nan_to_num(kernels.silu(x))
 '''),
+    "keepsdtype": ("returns the input's dtype (float16 and bfloat16 results for such input)", '''
+@hookimpl
+def silu(x):
+    return kernels.silu(x).astype(x.dtype)
+
+@hookimpl
+def rms_norm(x, weight, eps):
+    return kernels.rms_norm(x, weight, eps).astype(x.dtype)
+
+@hookimpl
+def add(a, b):
+    return kernels.add(a, b).astype(a.dtype)
+'''),
     "overflows": ("silu as x / (1 + exp(-x)): exp overflows for x < -88", '''
 @hookimpl
 def silu(x):
