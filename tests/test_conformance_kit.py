@@ -339,3 +339,37 @@ def test_pytest_option_collects_the_kit_for_an_installed_backend(tmp_path):
     assert "test_conformance[wrongshape-linear_3d:prefill] - Failed: wrongshape linear_3d:prefill: wrong result: " \
            "returned shape (2, 7, 687), expected (2, 7, 688)" in out
     assert "[cpu-linear_3d" not in out.split("short test summary")[-1]       # cpu passed every case
+
+
+# --- backends planted at the edge of each tolerance: just over fails, well under passes ---------------------
+
+EDGE_PLANTS = {"nmse_over": ("nmse", 3.0), "nmse_under": ("nmse", 0.1),
+               "max_over": ("max_err", 3.0), "max_under": ("max_err", 0.1)}
+
+
+@pytest.fixture(scope="module")
+def edge_registry():
+    from helpers.planted import off_by
+    reg = Registry(entry_points=lambda: [])
+    for name, (kind, factor) in EDGE_PLANTS.items():
+        reg.register(off_by(kind, factor), name)
+    return reg
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_an_error_just_over_a_tolerance_fails_and_well_under_passes(edge_registry, op):
+    """3x the op's NMSE tolerance fails on the NMSE check (and 3x its max-abs-err tolerance on that check);
+    0.1x of either passes.  A tolerance loosened (or tightened) by 10x or more fails this test."""
+    case = next(c for c in build_cases("small", [op]) if c.expect is None and not c.native)
+    assert tolerance_for(op, case.name) is TOLERANCES[op]
+    reference = edge_registry.get_backend("cpu", strict=True)
+    results = {name: run_case(edge_registry.get_backend(name, strict=True), case, reference)
+               for name in EDGE_PLANTS}
+    tol = TOLERANCES[op]
+    over, under = results["nmse_over"], results["nmse_under"]
+    assert over.status == FAIL and f"NMSE vs oracle {over.nmse:.1e} > {tol.nmse:.0e}" in over.reason, over
+    assert 2 * tol.nmse < over.nmse < 4 * tol.nmse                         # the plant is where it says it is
+    assert under.status == PASS and under.nmse < 0.2 * tol.nmse, under
+    over, under = results["max_over"], results["max_under"]
+    assert over.status == FAIL and "max abs err " in over.reason and f"> {tol.max_err:.0e} * " in over.reason, over
+    assert under.status == PASS, under
