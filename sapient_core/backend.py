@@ -87,6 +87,8 @@ class Backend(OpMethods):
     :ivar capabilities: the plugin's :class:`sapient_core.Capabilities` report.
     :ivar thread_safe: whether calls may run concurrently (if False, the dispatcher serialises them).
     :ivar strict: whether a failing op raises :class:`BackendOpError` instead of falling back.
+    :ivar cross_check: the fraction of calls the CPU reference also computes, to compare (0: off; see
+        :mod:`sapient_core.crosscheck`).
     :ivar implemented_ops: the ops this plugin implements itself; the others are served by the CPU
         reference.
     :ivar explanation: how this backend object was chosen (the :class:`sapient_core.Explanation` of
@@ -94,7 +96,7 @@ class Backend(OpMethods):
     """
 
     def __init__(self, record: "PluginRecord", reference: "PluginRecord", *, strict: bool = False,
-                 explanation: "Explanation | None" = None):
+                 explanation: "Explanation | None" = None, cross_check: float = 0.0):
         caps = record.caps
         assert caps is not None and reference.caps is not None
         self._record = record
@@ -103,6 +105,7 @@ class Backend(OpMethods):
         self.capabilities: Capabilities = caps
         self.thread_safe: bool = caps.thread_safe
         self.strict: bool = bool(strict)
+        self.cross_check: float = float(cross_check)
         self.explanation = explanation
         self._lock = None if caps.thread_safe else record.lock
         hook = record.impls.get("backend_to_numpy")
@@ -118,6 +121,10 @@ class Backend(OpMethods):
         self._fallbacks: dict[str, dict[str, int]] = {}
         self._routed: dict[str, dict[str, int]] = {}
         self.implemented_ops: tuple[str, ...] = tuple(op for op in OPS if op in record.impls)
+        self._cross: Any = None
+        if self.cross_check > 0 and record is not reference:
+            from .crosscheck import CrossCheck
+            self._cross = CrossCheck(self, self.cross_check)
         for spec in OPS.values():
             route = self._build_route(spec, record, reference)
             self._routes[spec.name] = route
@@ -136,9 +143,12 @@ class Backend(OpMethods):
         route.to_numpy = self._to_numpy_unlocked
         route.failed = lambda exc, args: self._fallback(spec, ref_impl, args, exc)
         route.bad_result = lambda y, args: self._check_result(spec, route, ref_impl, y, args)
+        cross = self._cross.call(spec, route, ref_impl) if self._cross is not None else None
         lacking = [a for a in spec.args if a.has_default and a.name not in impl_args]
         if lacking:
-            route.divert = self._router(spec, route, ref_impl, lacking, tuple(impl_args))
+            route.divert = self._router(spec, route, ref_impl, lacking, tuple(impl_args), then=cross)
+        elif cross is not None:
+            route.divert = cross
         return route
 
     # --- data ---------------------------------------------------------------------------------------
@@ -281,8 +291,9 @@ class Backend(OpMethods):
         return self._fallback(spec, ref_impl, args, None, reason=f"wrong result: {problem}")
 
     def _router(self, spec: OpSpec, route: _Route, ref_impl: Callable[..., Any], lacking: list,
-                impl_args: tuple[str, ...]) -> Callable[[tuple], Any]:
-        """Calls that set an argument the implementation does not take go to the reference, counted."""
+                impl_args: tuple[str, ...], then: Callable[[tuple], Any] | None = None) -> Callable[[tuple], Any]:
+        """Calls that set an argument the implementation does not take go to the reference, counted; the
+        others to ``then`` (the cross-check, when on) or the plugin."""
         index = [(spec.argnames.index(a.name), a) for a in lacking]
 
         def divert(args: tuple) -> Any:
@@ -294,6 +305,8 @@ class Backend(OpMethods):
                     self._log_once(spec.name, reason, "%s; the CPU reference computes such calls (logged once; "
                                    "see Backend.stats())", reason)
                     return self._reference_call(spec, ref_impl, args)
+            if then is not None:
+                return then(args)
             return self._plugin_call(spec, route, args)
         return divert
 
@@ -321,15 +334,18 @@ class Backend(OpMethods):
         return self._record.memory
 
     def stats(self) -> "Stats":
-        """Calls, fallbacks and routed calls per op, who serves each op, and the plugin's own statistics."""
+        """Calls, fallbacks, routed and cross-checked calls per op, who serves each op, and the plugin's own
+        statistics."""
         from .models import OpStats, Stats
         ops = {}
         with self._stats_lock:
             for op, route in self._routes.items():
                 fallbacks = dict(self._fallbacks.get(op, {}))
                 routed = dict(self._routed.get(op, {}))
+                checked, disagreements, kinds = self._cross.counts(op) if self._cross is not None else (0, 0, {})
                 ops[op] = OpStats(calls=route.calls, fallbacks=sum(fallbacks.values()), fallback_reasons=fallbacks,
                                   routed=sum(routed.values()), routed_reasons=routed,
+                                  cross_checked=checked, disagreements=disagreements, disagreement_reasons=kinds,
                                   implemented_by=self.name if op in self.implemented_ops else "cpu")
         plugin = None
         hook = self._record.impls.get("backend_stats")
@@ -342,16 +358,20 @@ class Backend(OpMethods):
                 plugin = {"error": f"backend_stats() raised {type(exc).__name__}: {exc}"}
             if not isinstance(plugin, dict):
                 plugin = {"error": f"backend_stats() returned {type(plugin).__name__} {plugin!r:.80}, not a dict"}
-        return Stats(backend=self.name, device=self.device, strict=self.strict, ops=ops, plugin=plugin)
+        return Stats(backend=self.name, device=self.device, strict=self.strict, cross_check=self.cross_check, ops=ops,
+                     plugin=plugin)
 
     def reset_stats(self) -> None:
-        """Set every call and fallback counter back to zero (warnings already logged stay logged)."""
+        """Set every counter back to zero (warnings already logged stay logged; cross-check sampling restarts)."""
         with self._stats_lock:
             for route in self._routes.values():
                 route.calls = 0
             self._fallbacks.clear()
             self._routed.clear()
+            if self._cross is not None:
+                self._cross.reset()
 
     def __repr__(self) -> str:
+        cross = f" cross_check={self.cross_check:g}" if self.cross_check else ""
         return (f"<sapient_core.Backend {self.name!r} device={self.device!r} "
-                f"thread_safe={self.thread_safe} strict={self.strict}>")
+                f"thread_safe={self.thread_safe} strict={self.strict}{cross}>")

@@ -197,6 +197,11 @@ class OpStats(BaseModel):
     :ivar routed: calls handed to the CPU reference because the plugin's implementation does not take an
         argument the call sets (it was built for an earlier hook API); not failures.
     :ivar routed_reasons: ``{reason: count}`` for those.
+    :ivar cross_checked: calls the CPU reference also computed, to compare (cross-check mode; see
+        :mod:`sapient_core.crosscheck`).
+    :ivar disagreements: cross-checked calls whose result disagreed with the reference's beyond the kit's
+        tolerances (or that modified an input); the caller still got the plugin's result.
+    :ivar disagreement_reasons: ``{kind of disagreement: count}`` (a call may show several kinds).
     :ivar implemented_by: the plugin that implements the op (``"cpu"`` when the reference serves it).
     """
 
@@ -205,15 +210,22 @@ class OpStats(BaseModel):
     fallback_reasons: dict[str, int] = Field(default_factory=dict)
     routed: int = 0
     routed_reasons: dict[str, int] = Field(default_factory=dict)
+    cross_checked: int = 0
+    disagreements: int = 0
+    disagreement_reasons: dict[str, int] = Field(default_factory=dict)
     implemented_by: str
 
 
 class Stats(BaseModel):
-    """``Backend.stats()``: who serves each op, calls and fallbacks per op, the plugin's own figures."""
+    """``Backend.stats()``: who serves each op, calls and fallbacks per op, the plugin's own figures.
+
+    :ivar cross_check: the fraction of calls cross-checked against the CPU reference (0: off).
+    """
 
     backend: str
     device: str
     strict: bool
+    cross_check: float = 0.0
     ops: dict[str, OpStats]
     plugin: Optional[dict[str, Any]] = None
 

@@ -3,7 +3,7 @@
 A :class:`Registry` owns one :class:`~sapient_core.discovery.Discovery`, resolves kinds with
 :func:`sapient_core.resolution.resolve` over the records discovery produces, logs every decision at
 ``debug`` level on the ``sapient_core`` logger, and caches one :class:`sapient_core.Backend` per
-(plugin, strict).  The module-level functions of :mod:`sapient_core` use the process-wide registry.
+(plugin, strict, cross-check fraction).  The module-level functions of :mod:`sapient_core` use the process-wide registry.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Registry:
                  policy: FitPolicy | None = None):
         self.discovery = Discovery(entry_points)
         self._policy = policy
-        self._backends: dict[tuple[str, bool], Backend] = {}
+        self._backends: dict[tuple[str, bool, float], Backend] = {}
 
     @property
     def pm(self) -> Any:
@@ -99,16 +99,20 @@ class Registry:
         return exp
 
     def get_backend(self, kind: str | None = None, *, model_bytes: int = 0,
-                    strict: bool | None = None) -> Backend:
+                    strict: bool | None = None, cross_check: float | None = None) -> Backend:
         """Resolve ``kind`` (see the contract's table) and return its :class:`sapient_core.Backend`.
 
         :param kind: ``"auto"``, ``"cpu"``, a plugin name or a device name; None reads
             ``SAPIENT_BACKEND`` (default ``"auto"``).
         :param model_bytes: the model's weight bytes, for the memory check (0 = unknown, always fits).
         :param strict: raise instead of falling back to the CPU reference; None reads ``SAPIENT_STRICT``.
+        :param cross_check: the fraction of calls (0 to 1) the CPU reference also computes, to compare with
+            the plugin's result (see :mod:`sapient_core.crosscheck`); None reads ``SAPIENT_CROSS_CHECK``
+            (unset: 0, off).
         :raises BackendNotFoundError: the kind names nothing installed (lists what is).
         :raises BackendUnavailableError: the kind is known but unusable here (says why).
         """
+        fraction = None if cross_check is None else switches.check_fraction(cross_check)
         exp = self.explain(kind, model_bytes=model_bytes)
         if exp.chosen is None:
             assert exp.exception is not None
@@ -116,14 +120,16 @@ class Registry:
         if strict is None:
             strict = switches.flag("SAPIENT_STRICT", bad_means=True, warned=self.discovery.warned,
                                    effect="a failing op raises BackendOpError instead of falling back")
-        key = (exp.chosen, bool(strict))
+        if fraction is None:
+            fraction = switches.cross_check_fraction(self.discovery.warned)
+        key = (exp.chosen, bool(strict), fraction)
         d = self.discovery
         with d.lock:
             backend = self._backends.get(key)
             if backend is None:
                 rec = d.get(exp.chosen)
                 assert rec is not None
-                backend = Backend(rec, d.reference(), strict=bool(strict), explanation=exp)
+                backend = Backend(rec, d.reference(), strict=bool(strict), explanation=exp, cross_check=fraction)
                 self._backends[key] = backend
         return backend
 

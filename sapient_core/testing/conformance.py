@@ -254,7 +254,7 @@ def run_case(backend: Any, case: Case, reference: Any) -> CaseResult:
     except BackendOpError as exc:
         if exc.declined:
             return CaseResult(name, op, case.name, DECLINED, exc.reason, kind)
-        if exc.reason.startswith("wrong result: "):     # the dispatcher's own check of the result
+        if exc.reason.startswith(("wrong result: ", "cross-check: ")):   # the dispatcher's own checks
             return CaseResult(name, op, case.name, FAIL, exc.reason, kind)
         return CaseResult(name, op, case.name, FAIL, f"the backend raised {exc.reason}", kind)
     except BaseException as exc:  # noqa: BLE001 - every exception is a result here (SystemExit too)
