@@ -8,6 +8,13 @@ only when a call needs it (:meth:`Discovery.ensure_loaded`); one that fails is r
 :class:`sapient_core.PluginWarning` says so.  Plugins that the switches leave out are recorded as
 ``disabled`` and never imported.  The CPU reference is always there.
 
+Names (:meth:`Discovery._add_name`): the official names (:data:`OFFICIAL_NAMES`: ``cpu``, ``mlx``) are
+used only from their own distributions, any other distribution's entry point of that name is refused;
+a name two or more distributions declare is refused for all of them unless ``SAPIENT_PLUGINS`` picks one
+(``name@distribution``).  The switches are read by :mod:`sapient_core.switches` (accepted spellings,
+one :class:`sapient_core.SwitchWarning` for anything else or for an allow-list entry that matches
+nothing).
+
 What a kind resolves to is decided elsewhere (:mod:`sapient_core.resolution`), from the
 :class:`sapient_core.BackendInfo` records this module produces.
 """

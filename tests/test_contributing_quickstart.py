@@ -88,7 +88,8 @@ def test_every_capability_key_is_documented():
 
 
 @pytest.mark.parametrize("switch", ["SAPIENT_PLUGINS", "SAPIENT_DISABLE_PLUGIN_AUTOLOAD", "SAPIENT_STRICT",
-                                    "SAPIENT_BACKEND", 'logging.getLogger("sapient_core").setLevel(logging.DEBUG)'])
+                                    "SAPIENT_BACKEND", "SAPIENT_CROSS_CHECK", "SwitchWarning", "name@distribution",
+                                    'logging.getLogger("sapient_core").setLevel(logging.DEBUG)'])
 def test_debugging_switches_are_documented(switch):
     assert switch in section("Debugging switches")
 
