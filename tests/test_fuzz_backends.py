@@ -17,7 +17,10 @@ accepts (it can happen: a size that still broadcasts) is checked as a valid one.
 Three input classes have their own tests, marked as expected failures (``xfail(strict=True)``: listed with
 the reason, and a fix is noticed) because of known bugs being fixed elsewhere: negative-stride views (MLX
 falls back to the CPU reference on them: agreement holds, zero fallbacks does not), 0-d arrays for the
-elementwise ops and logits_from_hidden of an empty batch with no positions (CPU reference bugs).
+elementwise ops and logits_from_hidden of an empty batch with no positions (CPU reference bugs), and a
+NaN or infinity in a key that the causal mask hides (a CPU reference bug this fuzz found), and an
+causal attention query whose visible scores are all -inf (an MLX bug this fuzz found); attention is
+otherwise fuzzed with NaN only.
 
 Default run: a few dozen examples per op and test, derandomized (the same inputs on every run, as CI
 needs), no example database.  A big run: ``SAPIENT_FUZZ_EXAMPLES=2000 python -m pytest -p no:cacheprovider
@@ -81,12 +84,12 @@ class Draw:
     def dim(self, lo: int = 0, hi: int = 4) -> int:
         return self(st.integers(lo, hi))
 
-    def array(self, shape: tuple, *, scale: float = 1.0, specials: bool = True, dtypes: tuple = (F32, F16, "bf16"),
-              ) -> np.ndarray:
+    def array(self, shape: tuple, *, scale: float = 1.0, specials: tuple = (np.nan, np.inf, -np.inf),
+              dtypes: tuple = (F32, F16, "bf16")) -> np.ndarray:
         x = np.asarray(self.rng.standard_normal(shape) * scale).astype(F32)
         if specials and x.size and self(st.integers(0, 4), label="specials?") == 0:
             for _ in range(self(st.integers(1, 3))):
-                x.flat[int(self.rng.integers(x.size))] = self(st.sampled_from([np.nan, np.inf, -np.inf]))
+                x.flat[int(self.rng.integers(x.size))] = self(st.sampled_from(specials))
         dtype = self(st.sampled_from(dtypes), label="dtype")
         x = x.astype(_bf16() if dtype == "bf16" else dtype)
         if self.negative:
@@ -160,8 +163,10 @@ def valid_call(draw: Draw, op: str) -> tuple:
         Sk = d.dim(1, 6) if B else d.dim(0, 6)
         Sq = d.dim(0, Sk) if causal else d.dim(0, 6)
         n_kv = d(st.sampled_from([KV, np.int64(KV)]))
-        return (A((B, KV * groups, Sq, hd), scale=d(st.sampled_from([1.0, 10.0]))), A((B, KV, Sk, hd)),
-                A((B, KV, Sk, hd)), n_kv, causal)
+        # Infinities in attention, and NaN in the keys of causal attention: tests of their own (bugs), below
+        return (A((B, KV * groups, Sq, hd), scale=d(st.sampled_from([1.0, 10.0])), specials=(np.nan,)),
+                A((B, KV, Sk, hd), specials=() if causal else (np.nan,)), A((B, KV, Sk, hd), specials=(np.nan,)),
+                n_kv, causal)
     if op in ("logits_from_hidden", "all_logits_from_hidden"):
         B, h, V = d.dim(0, 3), d.dim(0, 8), d.dim(0, 9)
         S = d.dim(1, 4) if op == "logits_from_hidden" else d.dim(0, 4)
@@ -202,7 +207,10 @@ def corrupt(draw: Draw, op: str, args: tuple) -> tuple:
             if arg.kind == "positions" and isinstance(new, (list, tuple)) and value.ndim == 1:
                 new = [float(v) + 0.5 for v in np.ravel(value)] or "x"      # a list of floats is refused
         elif how == "rank":
-            new = value[None] if d(st.booleans()) or value.ndim == 0 else value.reshape(value.shape[:-2] + (-1,))
+            if d(st.booleans()) or value.ndim < 2:
+                new = value[None]
+            else:                              # the last two axes merged (no -1: sizes may be 0)
+                new = value.reshape(value.shape[:-2] + (value.shape[-2] * value.shape[-1],))
         elif how == "size":
             if value.ndim == 0:
                 new = value[None]
@@ -319,6 +327,28 @@ def test_zero_d_arrays_in_elementwise_ops(backends, op):
     x = np.array(1.5, F32)
     args = {"silu": (x,), "gelu": (x, "tanh"), "add": (x, x), "mul": (x, x)}[op]
     check_same_behaviour(backends, op, args, expect_valid=True, count=False)
+
+
+@pytest.mark.xfail(strict=True, reason="CPU reference: a NaN or an infinity in a key that the causal mask hides "
+                                       "from some queries makes their outputs NaN (the float64 oracle and MLX: "
+                                       "not); found by this fuzz, for the CPU plugin's owner")
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
+def test_a_special_value_in_a_key_the_causal_mask_hides(backends, special):
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 2, 3, 4)).astype(F32) for _ in range(3))
+    k[0, 0, 2, 1] = special                   # key 2: seen by query 2 only
+    check_same_behaviour(backends, "gqa_attention", (q, k, v, 2, True), expect_valid=True, count=False)
+
+
+@pytest.mark.xfail(strict=True, reason="MLX: in causal attention, a query whose scores are all -inf (an infinity "
+                                       "in the query) gives finite outputs where the float64 oracle and the CPU "
+                                       "reference give NaN; found by this fuzz, for the MLX plugin's owner")
+@pytest.mark.parametrize("special", [np.inf, -np.inf])
+def test_a_query_whose_visible_scores_are_all_minus_infinity(backends, special):
+    q, k, v = (np.random.default_rng(seed).standard_normal((1, 1, 2, 4)).astype(F32) for seed in (1, 2, 3))
+    q[0, 0, 0, 0] = special
+    k[0, 0, 0, 0] = -1.0 if special > 0 else 1.0      # query 0 sees key 0 only: its score is -inf
+    check_same_behaviour(backends, "gqa_attention", (q, k, v, 1, True), expect_valid=True, count=False)
 
 
 @pytest.mark.xfail(strict=True, reason="CPU reference: logits_from_hidden of hidden (0, 0, h) raises IndexError "
