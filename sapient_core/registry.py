@@ -3,7 +3,8 @@
 A :class:`Registry` owns one :class:`~sapient_core.discovery.Discovery`, resolves kinds with
 :func:`sapient_core.resolution.resolve` over the records discovery produces, logs every decision at
 ``debug`` level on the ``sapient_core`` logger, and caches one :class:`sapient_core.Backend` per
-(plugin, strict, cross-check fraction).  The module-level functions of :mod:`sapient_core` use the process-wide registry.
+(plugin, strict, cross-check fraction).  The module-level functions of :mod:`sapient_core` use the
+process-wide registry.
 """
 
 from __future__ import annotations

@@ -95,14 +95,16 @@ def test_a_name_two_distributions_claim_is_refused_for_both(fake_site):
     assert "sapient_fake_alpha" not in sys.modules and "sapient_fake_beta" not in sys.modules   # no code ran
 
 
-@pytest.mark.parametrize("pick, device, other", [("fake-beta", "cuda", "fake-alpha"), ("Fake_Alpha", "metal", "fake-beta")])
-def test_the_user_picks_one_of_two_claimants_with_name_at_distribution(fake_site, monkeypatch, pick, device, other):
+@pytest.mark.parametrize("pick, picked, device, other", [("fake-beta", "fake-beta", "cuda", "fake-alpha"),
+                                                           ("Fake_Alpha", "fake-alpha", "metal", "fake-beta")])
+def test_the_user_picks_one_of_two_claimants_with_name_at_distribution(fake_site, monkeypatch, pick, picked, device,
+                                                                        other):
     monkeypatch.setenv("SAPIENT_PLUGINS", f"dup@{pick}")
     reg = contested(fake_site)
     infos = no_plugin_warnings(lambda: reg.list_backends())
     dups = {i.distribution: i for i in infos if i.name == "dup"}
-    assert dups[other].status == "disabled"
-    assert dups[other].reason == f"SAPIENT_PLUGINS='dup@{pick}' picks {dups[other].reason.split()[2]} 'dup', not {other}'s"
+    assert (dups[picked].status, dups[other].status) == ("available", "disabled")
+    assert dups[other].reason == f"SAPIENT_PLUGINS='dup@{pick}' picks {picked}'s 'dup', not {other}'s"
     assert reg.get_backend("dup").device == device and reg.get_backend("auto").name == "dup"
     assert f"sapient_fake_{other.split('-')[1]}" not in sys.modules
 
@@ -536,18 +538,19 @@ def test_a_function_named_like_a_hook_without_hookimpl_gets_a_hint(fake_site, us
         info = next(i for i in reg.list_backends() if i.name == "forgot")
     messages = [str(w.message) for w in record if issubclass(w.category, PluginWarning)]
     assert messages == [
-        "plugin 'forgot': rms_norm() is named like a hook but not marked @hookimpl, so sapient_core never calls it (the "
-        "CPU reference serves rms_norm). To remedy this, decorate it with @sapient_core.hookimpl",
-        "plugin 'forgot': backend_memory() is named like a hook but not marked @hookimpl, so sapient_core never calls it "
-        "(its default is used). To remedy this, decorate it with @sapient_core.hookimpl"]
+        "plugin 'forgot': rms_norm() is named like a hook but not marked @hookimpl, so sapient_core never calls "
+        "it (the CPU reference serves rms_norm). To remedy this, decorate it with @sapient_core.hookimpl",
+        "plugin 'forgot': backend_memory() is named like a hook but not marked @hookimpl, so sapient_core never "
+        "calls it (its default is used). To remedy this, decorate it with @sapient_core.hookimpl"]
     assert info.status == "available" and info.implemented_ops == ("silu",)
     assert list(info.notes) == [m.removeprefix("plugin 'forgot': ") for m in messages]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PluginWarning)
         assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    assert ("forgot (available): note: rms_norm() is named like a hook but not marked @hookimpl, so sapient_core never "
-            "calls it (the CPU reference serves rms_norm). To remedy this, decorate it with @sapient_core.hookimpl\n") in out
+    assert ("forgot (available): note: rms_norm() is named like a hook but not marked @hookimpl, so sapient_core "
+            "never calls it (the CPU reference serves rms_norm). To remedy this, decorate it with "
+            "@sapient_core.hookimpl\n") in out
     assert no_plugin_warnings(lambda: reg.get_backend("cpu")).name == "cpu"     # the reference has no such hint
 
 

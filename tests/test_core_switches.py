@@ -82,8 +82,9 @@ def test_with_autoload_off_the_remedy_is_to_unset_it_not_the_allow_list(spy, mon
     monkeypatch.setenv("SAPIENT_DISABLE_PLUGIN_AUTOLOAD", "1")
     monkeypatch.setenv("SAPIENT_PLUGINS", "spy")
     with pytest.raises(BackendUnavailableError, match=r"^backend 'spy' is installed but not loaded: "
-                                                      r"SAPIENT_DISABLE_PLUGIN_AUTOLOAD=1 loads only the CPU reference\. "
-                                                      r"To use it, unset SAPIENT_DISABLE_PLUGIN_AUTOLOAD$") as exc:
+                                                      r"SAPIENT_DISABLE_PLUGIN_AUTOLOAD=1 loads only the CPU "
+                                                      r"reference\. To use it, unset "
+                                                      r"SAPIENT_DISABLE_PLUGIN_AUTOLOAD$") as exc:
         site.registry().get_backend("spy")
     assert "add it to SAPIENT_PLUGINS" not in str(exc.value)
 
