@@ -10,7 +10,8 @@ on the first call that needs them.
 
 Modules: :mod:`.hookspecs` (the contract with plugins: one declaration per op), :mod:`.discovery`
 (finding and loading plugins), :mod:`.resolution` (what a kind resolves to), :mod:`.backend` (the
-object ``get_backend`` returns), :mod:`.validate` (input checks), :mod:`.models` (the reports, as
+object ``get_backend`` returns), :mod:`.crosscheck` (comparing a backend with the CPU reference as it
+runs), :mod:`.switches` (the ``SAPIENT_*`` variables), :mod:`.validate` (input checks), :mod:`.models` (the reports, as
 pydantic models), :mod:`.memory` (the fit rule), :mod:`.errors`, :mod:`.reporting` (text tables),
 :mod:`.cli` (``sapient-backends``), :mod:`.rope` (``rope_parameters``: RoPE frequencies of a
 transformers config), :mod:`.testing` (the conformance kit).
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import HOOK_API_VERSION, SUPPORTED_API_VERSIONS, __version__
 from .errors import (ArgumentError, BackendNotFoundError, BackendOpError, BackendUnavailableError, DTypeError,
                      IncompatiblePluginError, OpDeclined, PluginLoadError, PluginValidationError, PluginWarning,
-                     SapientError, SapientWarning, ShapeError)
+                     SapientError, SapientWarning, ShapeError, SwitchWarning)
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -47,7 +48,7 @@ __all__ = [
     # errors and warnings
     "SapientError", "BackendNotFoundError", "BackendUnavailableError", "PluginLoadError",
     "PluginValidationError", "IncompatiblePluginError", "ShapeError", "DTypeError", "ArgumentError", "OpDeclined",
-    "BackendOpError", "SapientWarning", "PluginWarning",
+    "BackendOpError", "SapientWarning", "PluginWarning", "SwitchWarning",
 ]
 
 #: Where each lazily imported public name lives.
@@ -89,10 +90,13 @@ def default_registry() -> "Registry":
     return _registry
 
 
-def get_backend(kind: str | None = None, *, model_bytes: int = 0, strict: bool | None = None) -> "Backend":
+def get_backend(kind: str | None = None, *, model_bytes: int = 0, strict: bool | None = None,
+                cross_check: float | None = None) -> "Backend":
     """Return the backend for ``kind``: ``"auto"`` (default, or ``SAPIENT_BACKEND``), ``"cpu"``, a
-    plugin name (``"mlx"``) or a device name (``"metal"``, ``"cuda"``).  See :meth:`Registry.get_backend`."""
-    return default_registry().get_backend(kind, model_bytes=model_bytes, strict=strict)
+    plugin name (``"mlx"``) or a device name (``"metal"``, ``"cuda"``).  ``cross_check=0.1`` also runs the
+    CPU reference on a tenth of the calls and counts every disagreement (default: ``SAPIENT_CROSS_CHECK``,
+    else off).  See :meth:`Registry.get_backend`."""
+    return default_registry().get_backend(kind, model_bytes=model_bytes, strict=strict, cross_check=cross_check)
 
 
 def list_backends() -> "list[BackendInfo]":

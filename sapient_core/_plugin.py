@@ -11,18 +11,20 @@ import dataclasses
 import difflib
 import inspect
 import threading
+import types
 from typing import Any, Callable
 
 import pluggy
 
 from . import hookspecs
 from ._version import HOOK_API_VERSION, SUPPORTED_API_VERSIONS, __version__
-from .errors import IncompatiblePluginError, PluginLoadError, PluginValidationError
+from .errors import (IncompatiblePluginError, PluginLoadError, PluginValidationError, PluginWarning, is_interrupt,
+                     warn)
 from .memory import system_memory
 from .models import (Capabilities, CapabilityReport, MemoryInfo, ValidationError,
                      describe_validation_error)
 
-__all__ = ["PluginRecord", "load_into", "check_hooks", "check_capabilities", "ALL_HOOKS"]
+__all__ = ["PluginRecord", "load_into", "check_hooks", "check_capabilities", "unmarked_hooks", "ALL_HOOKS"]
 
 ALL_HOOKS: dict[str, tuple[str, ...]] = {**{n: s.argnames for n, s in hookspecs.OPS.items()},
                                          **hookspecs.META_HOOKS}
@@ -48,6 +50,7 @@ class PluginRecord:
     _memory: MemoryInfo | None = None
     lock: Any = dataclasses.field(default_factory=threading.RLock)
     warned: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    notes: list[str] = dataclasses.field(default_factory=list)   # hints shown by list (unmarked hooks)
 
     @property
     def memory(self) -> MemoryInfo:
@@ -64,7 +67,9 @@ def _read_memory(rec: PluginRecord) -> MemoryInfo:
     where = f"{rec.name}.backend_memory()"
     try:
         report = hook[0]()
-    except Exception as exc:  # a plugin's failure must not take the caller down
+    except BaseException as exc:  # a plugin's failure (SystemExit included) must not take the caller down
+        if is_interrupt(exc):
+            raise
         return MemoryInfo(total_bytes=None, source=where, reason=f"backend_memory() raised {exc!r}")
     if not isinstance(report, dict):
         return MemoryInfo(total_bytes=None, source=where,
@@ -85,7 +90,9 @@ def _hookimpls(plugin: Any) -> dict[str, Any]:
     for attr in dir(plugin):
         try:
             obj = getattr(plugin, attr)
-        except Exception:  # noqa: BLE001 - a property that raises is simply not a hook
+        except BaseException as exc:  # noqa: BLE001 - a property that raises is simply not a hook
+            if is_interrupt(exc):
+                raise
             continue
         opts = getattr(obj, _IMPL_ATTR, None)
         if isinstance(opts, dict):
@@ -183,14 +190,18 @@ def load_into(pm: pluggy.PluginManager, rec: PluginRecord, plugin: Any = None) -
     if plugin is None:
         try:
             plugin = rec.loader()
-        except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() at import is broken, too
+        except BaseException as exc:  # sys.exit() or any BaseException at import: the plugin is broken
+            if is_interrupt(exc):
+                raise
             raise PluginLoadError(f"plugin {name!r}: importing {rec.target} failed: "
                                   f"{type(exc).__name__}: {exc}", plugin=name) from exc
     check_hooks(name, plugin)
     try:
         pm.register(plugin, name=name)
-    except Exception as exc:
-        raise PluginValidationError(f"plugin {name!r}: {exc}", plugin=name) from exc
+    except BaseException as exc:
+        if is_interrupt(exc):
+            raise
+        raise PluginValidationError(f"plugin {name!r}: {type(exc).__name__}: {exc}", plugin=name) from exc
     try:
         impls = {}
         for caller in pm.get_hookcallers(plugin) or ():
@@ -202,7 +213,9 @@ def load_into(pm: pluggy.PluginManager, rec: PluginRecord, plugin: Any = None) -
                                         f"every plugin must", plugin=name)
         try:
             report = impls["backend_capabilities"][0]()
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit and the like are the plugin's fault too
+            if is_interrupt(exc):
+                raise
             raise PluginLoadError(f"plugin {name!r}: backend_capabilities() raised "
                                   f"{type(exc).__name__}: {exc}", plugin=name) from exc
         rec.caps = check_capabilities(rec, report)
@@ -212,3 +225,31 @@ def load_into(pm: pluggy.PluginManager, rec: PluginRecord, plugin: Any = None) -
     rec.module = plugin
     rec.impls = impls
     rec.status = "ok"
+    rec.notes = unmarked_hooks(plugin, impls)
+    for note in rec.notes:
+        warn(f"plugin {name!r}: {note}", PluginWarning)
+
+
+def unmarked_hooks(plugin: Any, impls: dict[str, Any]) -> list[str]:
+    """A note for each function of ``plugin`` named like a hook it does not implement but not marked
+    ``@hookimpl`` (pluggy ignores it, so the CPU reference serves that op): the one-line fix."""
+    module = plugin.__name__ if isinstance(plugin, types.ModuleType) else None
+    notes = []
+    for hook in ALL_HOOKS:
+        if hook in impls:
+            continue
+        try:
+            obj = getattr(plugin, hook, None)
+        except BaseException as exc:  # noqa: BLE001 - a property that raises is not a function
+            if is_interrupt(exc):
+                raise
+            continue
+        if not inspect.isfunction(obj) or isinstance(getattr(obj, _IMPL_ATTR, None), dict):
+            continue
+        if module is not None and getattr(obj, "__module__", None) != module:
+            continue                     # imported from elsewhere (a kernel module): not meant as the hook
+        served = (f"the CPU reference serves {hook}" if hook in hookspecs.OPS
+                  else "its default is used")
+        notes.append(f"{hook}() is named like a hook but not marked @hookimpl, so sapient_core never calls it "
+                     f"({served}). To remedy this, decorate it with @sapient_core.hookimpl")
+    return notes

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import numpy as np
 
 from ._ops import OpMethods
-from .errors import BackendOpError, OpDeclined, ShapeError
+from .errors import BackendOpError, OpDeclined, ShapeError, is_interrupt
 from .hookspecs import META_HOOKS, OPS, POSITIONS, OpSpec
 from .validate import float_dtype_name, register_array_type
 
@@ -93,6 +93,8 @@ class Backend(OpMethods):
     :ivar capabilities: the plugin's :class:`sapient_core.Capabilities` report.
     :ivar thread_safe: whether calls may run concurrently (if False, the dispatcher serialises them).
     :ivar strict: whether a failing op raises :class:`BackendOpError` instead of falling back.
+    :ivar cross_check: the fraction of calls the CPU reference also computes, to compare (0: off; see
+        :mod:`sapient_core.crosscheck`).
     :ivar implemented_ops: the ops this plugin implements itself; the others are served by the CPU
         reference.
     :ivar explanation: how this backend object was chosen (the :class:`sapient_core.Explanation` of
@@ -100,7 +102,7 @@ class Backend(OpMethods):
     """
 
     def __init__(self, record: "PluginRecord", reference: "PluginRecord", *, strict: bool = False,
-                 explanation: "Explanation | None" = None):
+                 explanation: "Explanation | None" = None, cross_check: float = 0.0):
         caps = record.caps
         assert caps is not None and reference.caps is not None
         self._record = record
@@ -109,6 +111,7 @@ class Backend(OpMethods):
         self.capabilities: Capabilities = caps
         self.thread_safe: bool = caps.thread_safe
         self.strict: bool = bool(strict)
+        self.cross_check: float = float(cross_check)
         self.explanation = explanation
         self._lock = None if caps.thread_safe else record.lock
         hook = record.impls.get("backend_to_numpy")
@@ -124,6 +127,10 @@ class Backend(OpMethods):
         self._fallbacks: dict[str, dict[str, int]] = {}
         self._routed: dict[str, dict[str, int]] = {}
         self.implemented_ops: tuple[str, ...] = tuple(op for op in OPS if op in record.impls)
+        self._cross: Any = None
+        if self.cross_check > 0 and record is not reference:
+            from .crosscheck import CrossCheck
+            self._cross = CrossCheck(self, self.cross_check)
         for spec in OPS.values():
             route = self._build_route(spec, record, reference)
             self._routes[spec.name] = route
@@ -142,9 +149,12 @@ class Backend(OpMethods):
         route.to_numpy = self._to_numpy_unlocked
         route.failed = lambda exc, args: self._fallback(spec, ref_impl, args, exc)
         route.bad_result = lambda y, args: self._check_result(spec, route, ref_impl, y, args)
+        cross = self._cross.call(spec, route, ref_impl) if self._cross is not None else None
         conditions = self._routing_conditions(spec, tuple(impl_args), record.caps.api_version)  # type: ignore[union-attr]
         if conditions:
-            route.divert = self._router(spec, route, ref_impl, conditions)
+            route.divert = self._router(spec, route, ref_impl, conditions, then=cross)
+        elif cross is not None:
+            route.divert = cross
         return route
 
     def _routing_conditions(self, spec: OpSpec, impl_args: tuple[str, ...],
@@ -170,7 +180,20 @@ class Backend(OpMethods):
     def _to_numpy_unlocked(self, x: Any) -> Any:
         if x is None or x.__class__ is _ndarray:
             return x
-        return np.asarray(self._to_numpy_hook(x))
+        try:
+            return np.asarray(self._to_numpy_hook(x))
+        except Exception:
+            raise
+        except BaseException as exc:        # SystemExit & co. from the plugin: its failure, not the program's end
+            raise self._hook_error("backend_to_numpy", exc) from exc
+
+    def _hook_error(self, hook: str, exc: BaseException) -> BaseException:
+        """A BaseException a plugin's hook raised, as an error of that backend (KeyboardInterrupt stays)."""
+        if is_interrupt(exc):
+            return exc
+        reason = f"{type(exc).__name__}: {exc}"
+        return BackendOpError(f"{self.name}.{hook}() raised {reason}; a plugin's hook must not end the program, so "
+                              f"it is reported as this error", backend=self.name, op=hook, reason=reason)
 
     def _locked(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._lock is None:
@@ -188,7 +211,12 @@ class Backend(OpMethods):
         """Return the NumPy array ``x`` in this backend's own array type (unchanged when it has none)."""
         if self._from_numpy_hook is None:
             return x
-        return self._locked(self._from_numpy_hook, x)
+        try:
+            return self._locked(self._from_numpy_hook, x)
+        except Exception:
+            raise
+        except BaseException as exc:
+            raise self._hook_error("backend_from_numpy", exc) from exc
 
     # --- layout: what an engine needs between ops, so that it never calls the array type's methods --------
 
@@ -336,7 +364,9 @@ class Backend(OpMethods):
         if self._own_type is None:
             try:
                 own = type(self._locked(self._from_numpy_hook, np.zeros((0,), np.float32)))
-            except Exception:  # noqa: BLE001 - a broken from_numpy: only NumPy results are accepted
+            except BaseException as exc:  # noqa: BLE001 - a broken from_numpy: only NumPy results are accepted
+                if is_interrupt(exc):
+                    raise
                 own = _ndarray
             self._own_type = own
             for route in self._routes.values():
@@ -370,9 +400,11 @@ class Backend(OpMethods):
         return self._fallback(spec, ref_impl, args, None, reason=f"wrong result: {problem}")
 
     def _router(self, spec: OpSpec, route: _Route, ref_impl: Callable[..., Any],
-                conditions: list[tuple[int, Callable[[Any], bool], str]]) -> Callable[[tuple], Any]:
+                conditions: list[tuple[int, Callable[[Any], bool], str]],
+                then: Callable[[tuple], Any] | None = None) -> Callable[[tuple], Any]:
         """Calls the implementation cannot take (an argument it does not know is set, (B, S) positions for a
-        hook API 1 plugin) go to the CPU reference, counted as routed and logged once."""
+        hook API 1 plugin) go to the CPU reference, counted as routed and logged once; the others to ``then``
+        (the cross-check, when on) or the plugin."""
 
         def divert(args: tuple) -> Any:
             for i, test, reason in conditions:
@@ -381,6 +413,8 @@ class Backend(OpMethods):
                     self._log_once(spec.name, reason, "%s; the CPU reference computes such calls (logged once; "
                                    "see Backend.stats())", reason)
                     return self._reference_call(spec, ref_impl, args)
+            if then is not None:
+                return then(args)
             return self._plugin_call(spec, route, args)
         return divert
 
@@ -408,33 +442,44 @@ class Backend(OpMethods):
         return self._record.memory
 
     def stats(self) -> "Stats":
-        """Calls, fallbacks and routed calls per op, who serves each op, and the plugin's own statistics."""
+        """Calls, fallbacks, routed and cross-checked calls per op, who serves each op, and the plugin's own
+        statistics."""
         from .models import OpStats, Stats
         ops = {}
         with self._stats_lock:
             for op, route in self._routes.items():
                 fallbacks = dict(self._fallbacks.get(op, {}))
                 routed = dict(self._routed.get(op, {}))
+                checked, disagreements, kinds = self._cross.counts(op) if self._cross is not None else (0, 0, {})
                 ops[op] = OpStats(calls=route.calls, fallbacks=sum(fallbacks.values()), fallback_reasons=fallbacks,
                                   routed=sum(routed.values()), routed_reasons=routed,
+                                  cross_checked=checked, disagreements=disagreements, disagreement_reasons=kinds,
                                   implemented_by=self.name if op in self.implemented_ops else "cpu")
         plugin = None
         hook = self._record.impls.get("backend_stats")
         if hook is not None:
             try:
                 plugin = self._locked(hook[0])
-            except Exception as exc:  # noqa: BLE001 - stats must never break the caller
+            except BaseException as exc:  # noqa: BLE001 - stats must never break (or end) the caller
+                if is_interrupt(exc):
+                    raise
                 plugin = {"error": f"backend_stats() raised {type(exc).__name__}: {exc}"}
-        return Stats(backend=self.name, device=self.device, strict=self.strict, ops=ops, plugin=plugin)
+            if not isinstance(plugin, dict):
+                plugin = {"error": f"backend_stats() returned {type(plugin).__name__} {plugin!r:.80}, not a dict"}
+        return Stats(backend=self.name, device=self.device, strict=self.strict, cross_check=self.cross_check, ops=ops,
+                     plugin=plugin)
 
     def reset_stats(self) -> None:
-        """Set every call and fallback counter back to zero (warnings already logged stay logged)."""
+        """Set every counter back to zero (warnings already logged stay logged; cross-check sampling restarts)."""
         with self._stats_lock:
             for route in self._routes.values():
                 route.calls = 0
             self._fallbacks.clear()
             self._routed.clear()
+            if self._cross is not None:
+                self._cross.reset()
 
     def __repr__(self) -> str:
+        cross = f" cross_check={self.cross_check:g}" if self.cross_check else ""
         return (f"<sapient_core.Backend {self.name!r} device={self.device!r} "
-                f"thread_safe={self.thread_safe} strict={self.strict}>")
+                f"thread_safe={self.thread_safe} strict={self.strict}{cross}>")

@@ -1,10 +1,13 @@
 """``sapient-backends``: list the installed backends and explain how a kind resolves.
 
-    sapient-backends list [--json]
+    sapient-backends [-v] [--json] list
     sapient-backends explain KIND [--model-bytes N] [--json]
     sapient-backends check [NAME ...] [--size small|llm] [--ops OPS] [--failures-only] [--json]
     sapient-backends bench [NAME ...] [--sizes decode,prefill|...] [--ops OPS] [--min-time S] [--json]
     sapient-backends schema [capabilities|memory]
+
+``-v`` (log every decision) and ``--json`` go before or after the subcommand.  Warnings (a broken
+plugin, a bad switch value) are printed as one line each: ``sapient-backends: warning: ...``.
 """
 
 from __future__ import annotations
@@ -12,15 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from typing import Any, Sequence
 
-from .reporting import format_table
+from .reporting import fmt_bytes, format_table
 
 __all__ = ["main", "build_parser"]
 
 
 def _gib(n: int | None) -> str:
-    return "unknown" if n is None else f"{n / 1024 ** 3:.1f} GiB"
+    if n is None:
+        return "unknown"
+    return f"{n / 1024 ** 3:.1f} GiB" if n < 1024 ** 5 else fmt_bytes(n)     # no float beyond (10**400 fits)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -43,6 +49,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(format_table(rows, ["name", "status", "device", "version", "priority", "threads", "memory",
                               "distribution"]))
     notes = [(i.name, i.status, i.reason) for i in infos if i.reason]
+    notes += [(i.name, i.status, f"note: {note}") for i in infos for note in i.notes]
     if notes:
         print()
         for name, status, reason in notes:
@@ -189,20 +196,26 @@ def _sizes_arg(text: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sapient-backends",
                                      description="Inspect the sapient_core backend plugins installed here.")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log every discovery and resolution decision (the sapient_core logger at DEBUG)")
+    verbose_help = "log every discovery and resolution decision (the sapient_core logger at DEBUG)"
+    json_help = "machine-readable output"
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    parser.add_argument("--json", action="store_true", help=json_help)
+    # The same options after the subcommand (sapient-backends list -v --json): SUPPRESS keeps a value given
+    # before the subcommand when the subcommand's own is absent.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=json_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="every discovered backend, broken and unavailable ones included")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("list", parents=[common], help="every discovered backend, broken and unavailable ones included")
     p.set_defaults(func=cmd_list)
-    p = sub.add_parser("explain", help="how a kind resolves, each candidate with why it was taken or not")
+    p = sub.add_parser("explain", parents=[common], help="how a kind resolves, each candidate with why it was taken "
+                                                         "or not")
     p.add_argument("kind", nargs="?", default=None, help="auto, cpu, a plugin name or a device name "
                                                           "(default: SAPIENT_BACKEND, else auto)")
     p.add_argument("--model-bytes", type=int, default=0, metavar="N",
                    help="the model's weight bytes, for the memory check (default 0 = unknown)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_explain)
-    p = sub.add_parser("check", help="run the conformance kit against the installed backends",
+    p = sub.add_parser("check", parents=[common], help="run the conformance kit against the installed backends",
                        description="Run the conformance kit (every op, LLM-like shapes and edge cases, against "
                                    "a float64 oracle and the CPU reference, in strict mode) against every "
                                    "available backend, or the named ones. Exits 1 on any failure.")
@@ -211,9 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="case shapes: small (default, seconds) or llm (hidden 2048, 32/8 heads of 64, MLP 8192)")
     p.add_argument("--ops", type=_ops_arg, default=None, metavar="OPS", help="comma-separated ops (default: all)")
     p.add_argument("--failures-only", action="store_true", help="leave the passing cases out of the table")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_check)
-    p = sub.add_parser("bench", help="per-op timings of the installed backends, against the CPU reference",
+    p = sub.add_parser("bench", parents=[common], help="per-op timings of the installed backends, against the CPU "
+                                                       "reference",
                        description="Time every op on every available backend (or the named ones) and on the "
                                    "CPU reference, at decode and prefill shapes; each time is also given as a "
                                    "ratio to the CPU reference's.")
@@ -224,9 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", type=_ops_arg, default=None, metavar="OPS", help="comma-separated ops (default: all)")
     p.add_argument("--min-time", type=float, default=0.05, metavar="S",
                    help="seconds to repeat each measurement for (default 0.05)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_bench)
-    p = sub.add_parser("schema", help="the JSON schema of a plugin's capability (or memory) report",
+    p = sub.add_parser("schema", parents=[common], help="the JSON schema of a plugin's capability (or memory) report",
                        description="Print the JSON schema that backend_capabilities() (or backend_memory()) "
                                    "reports are validated against, for plugin authors.")
     p.add_argument("report", nargs="?", choices=("capabilities", "memory"), default="capabilities")
@@ -246,13 +258,24 @@ def _setup_logging(verbose: bool) -> None:
         logger.addHandler(handler)
 
 
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  line: str | None = None) -> str:
+    """A warning as the command shows it: one line, no source location (the user did not write that code)."""
+    return f"sapient-backends: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     if getattr(args, "model_bytes", 0) and args.model_bytes < 0:
         parser.error("--model-bytes must be >= 0")
-    return args.func(args)
+    previous = warnings.formatwarning
+    warnings.formatwarning = _warning_line
+    try:
+        return args.func(args)
+    finally:
+        warnings.formatwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover

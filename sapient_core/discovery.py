@@ -8,12 +8,20 @@ only when a call needs it (:meth:`Discovery.ensure_loaded`); one that fails is r
 :class:`sapient_core.PluginWarning` says so.  Plugins that the switches leave out are recorded as
 ``disabled`` and never imported.  The CPU reference is always there.
 
+Names (:meth:`Discovery._add_name`): the official names (:data:`OFFICIAL_NAMES`: ``cpu``, ``mlx``) are
+used only from their own distributions, any other distribution's entry point of that name is refused;
+a name two or more distributions declare is refused for all of them unless ``SAPIENT_PLUGINS`` picks one
+(``name@distribution``).  The switches are read by :mod:`sapient_core.switches` (accepted spellings,
+one :class:`sapient_core.SwitchWarning` for anything else or for an allow-list entry that matches
+nothing).
+
 What a kind resolves to is decided elsewhere (:mod:`sapient_core.resolution`), from the
 :class:`sapient_core.BackendInfo` records this module produces.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import logging
@@ -24,13 +32,13 @@ from typing import Any, Callable, Iterable
 
 import pluggy
 
-from . import hookspecs
+from . import hookspecs, switches
 from ._plugin import PluginRecord, load_into
 from .errors import (BackendNotFoundError, BackendUnavailableError, PluginLoadError, PluginValidationError,
                      PluginWarning, warn)
 from .models import BackendInfo
 
-__all__ = ["ENTRY_POINT_GROUP", "REFERENCE", "REFERENCE_DIST", "REFERENCE_MODULE", "Discovery",
+__all__ = ["ENTRY_POINT_GROUP", "REFERENCE", "REFERENCE_DIST", "REFERENCE_MODULE", "OFFICIAL_NAMES", "Discovery",
            "installed_entry_points"]
 
 logger = logging.getLogger("sapient_core")
@@ -40,20 +48,18 @@ ENTRY_POINT_GROUP = "sapient_core.backends"
 REFERENCE = "cpu"
 REFERENCE_DIST = "sapient-backend-cpu"
 REFERENCE_MODULE = "sapient_backend_cpu.plugin"
+#: The backend names that belong to a distribution of this project: an entry point of that name from any
+#: other distribution is refused (listed as broken), whatever the order of the distributions.
+OFFICIAL_NAMES = {REFERENCE: REFERENCE_DIST, "mlx": "sapient-backend-mlx"}
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 
-def _norm_dist(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+_norm_dist = switches.norm_dist
 
 
 def installed_entry_points() -> Iterable[Any]:
     """The installed entry points of the group (the function discovery calls; tests may replace it)."""
     return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 class Discovery:
@@ -67,7 +73,10 @@ class Discovery:
         self.lock = threading.RLock()
         self._discovered = False
         self._records: dict[str, PluginRecord] = {}
-        self._extra: list[PluginRecord] = []     # duplicates and invalid names: shown, never used
+        self._extra: list[PluginRecord] = []     # refused entry points (contested, reserved, invalid names)
+        self._disable_raw = ""
+        #: (variable, value) pairs already warned about (see sapient_core.switches); cleared by refresh().
+        self.warned: set[tuple[str, str]] = set()
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
 
@@ -81,6 +90,7 @@ class Discovery:
                     self.pm.unregister(rec.module)
             self._records = {n: r for n, r in self._records.items() if r.source == "in-process"}
             self._extra = []
+            self.warned.clear()
             self._discovered = False
 
     def discover(self) -> None:
@@ -90,57 +100,137 @@ class Discovery:
         with self.lock:
             if self._discovered:
                 return
-            disable = _env_flag("SAPIENT_DISABLE_PLUGIN_AUTOLOAD")
-            allow_raw = os.environ.get("SAPIENT_PLUGINS")
-            allow = None if allow_raw is None else {p.strip().lower() for p in allow_raw.split(",") if p.strip()}
+            disable = switches.flag("SAPIENT_DISABLE_PLUGIN_AUTOLOAD", bad_means=True, warned=self.warned,
+                                    effect="no plugin but the CPU reference is loaded")
+            self._disable_raw = os.environ.get("SAPIENT_DISABLE_PLUGIN_AUTOLOAD", "") if disable else ""
+            allow = switches.parse_allow_list()
             try:
                 eps = sorted(self._entry_points(), key=lambda e: (e.name, _dist_name(e)))
             except Exception as exc:  # noqa: BLE001 - broken metadata must not break the CPU reference
                 logger.warning("reading the entry points of %s failed: %r", ENTRY_POINT_GROUP, exc)
                 eps = []
+            claims: dict[str, list[Any]] = {}
             for ep in eps:
-                self._add_entry_point(ep, disable, allow, allow_raw)
+                claims.setdefault(ep.name, []).append(ep)
+            for name, claimants in claims.items():
+                self._add_name(name, claimants, disable, allow)
             if REFERENCE not in self._records:
                 self._records[REFERENCE] = PluginRecord(
                     name=REFERENCE, target=REFERENCE_MODULE, distribution=REFERENCE_DIST,
                     dist_version=_dist_version(REFERENCE_DIST), source="built-in",
                     loader=lambda: importlib.import_module(REFERENCE_MODULE))
+            if not disable:
+                self._check_allow_list(allow, claims)
             self._discovered = True
             logger.debug("discovered plugins: %s", ", ".join(
                 f"{r.name} ({r.status})" for r in self._records.values()))
 
-    def _add_entry_point(self, ep: Any, disable: bool, allow: set[str] | None, allow_raw: str | None) -> None:
-        name, dist = ep.name, _dist_name(ep)
-        rec = PluginRecord(name=name, target=ep.value, distribution=dist, dist_version=_dist_version_of(ep),
-                           loader=ep.load)
-        problem = None
-        if not _NAME_RE.match(name) or name == "auto":
-            problem = (f"entry-point name {name!r} (from {dist or '?'}) is not a valid backend name: use a "
-                       f"lowercase identifier other than 'auto'")
-        elif name == REFERENCE and (_norm_dist(dist) != REFERENCE_DIST or ep.value != REFERENCE_MODULE):
-            problem = (f"entry-point name 'cpu' (from {dist or '?'}, {ep.value}) is reserved for the CPU "
-                       f"reference ({REFERENCE_DIST}). To remedy this, rename the entry point")
-        elif name in self._records:
-            prev = self._records[name]
-            problem = (f"duplicate backend name {name!r}: {dist or '?'} ({ep.value}) and "
-                       f"{prev.distribution or '?'} ({prev.target}) both declare it; {name!r} is "
-                       f"{prev.distribution or '?'}'s (the first by distribution name), {dist or '?'}'s is "
-                       f"skipped. To remedy this, uninstall one of them")
-        if problem:
-            rec.status, rec.error = "broken", PluginLoadError(problem, plugin=name)
-            self._extra.append(rec)
+    def _refuse(self, rec: PluginRecord, problem: str, *, status: str = "broken", warn_now: bool = True) -> None:
+        """Record ``rec`` as refused (shown by ``list``, never loaded)."""
+        if status == "broken":
+            rec.status, rec.error = "broken", PluginLoadError(problem, plugin=rec.name)
+        else:
+            rec.status, rec.disabled_reason = status, problem
+        self._extra.append(rec)
+        if warn_now:
             warn(problem, PluginWarning)
+
+    def _add_name(self, name: str, claimants: list[Any], disable: bool, allow: switches.AllowList) -> None:
+        """Decide what the entry points declaring ``name`` become: at most one usable record."""
+        recs = [PluginRecord(name=name, target=ep.value, distribution=_dist_name(ep),
+                             dist_version=_dist_version_of(ep), loader=ep.load) for ep in claimants]
+        if not _NAME_RE.match(name) or name == "auto":
+            for rec in recs:
+                self._refuse(rec, f"entry-point name {name!r} (from {rec.distribution or '?'}) is not a valid "
+                                  f"backend name: use a lowercase identifier other than 'auto'")
             return
+        official = OFFICIAL_NAMES.get(name)
+        if official is not None:
+            owners = [r for r in recs if _norm_dist(r.distribution) == official
+                      and (name != REFERENCE or r.target == REFERENCE_MODULE)]
+            for rec in recs:
+                if rec not in owners[:1]:
+                    what = "the CPU reference" if name == REFERENCE else "the official backend"
+                    self._refuse(rec, f"entry-point name {name!r} (from {rec.distribution or '?'}, {rec.target}) "
+                                      f"is reserved for {what} ({official}). To remedy this, rename the entry point")
+            if not owners:
+                return
+            recs = owners[:1]
+        elif len(recs) > 1:
+            pin = (allow.entries or {}).get(name)
+            picked = [r for r in recs if pin is not None and _norm_dist(r.distribution) == pin]
+            if not picked:
+                listed = " and ".join(f"{r.distribution or '?'} ({r.target})" for r in recs)
+                problem = (f"backend name {name!r} is claimed by {len(recs)} distributions: {listed}; none of them "
+                           f"is used, since any could be an impostor. To remedy this, uninstall all but one, or "
+                           f"pick one with SAPIENT_PLUGINS={name}@{recs[0].distribution or 'DISTRIBUTION'}")
+                warn(problem, PluginWarning)
+                for i, rec in enumerate(recs):
+                    rec.status, rec.error = "broken", PluginLoadError(problem, plugin=name)
+                    if i:
+                        self._extra.append(rec)
+                self._records[name] = recs[0]
+                return
+            for rec in recs:
+                if rec is not picked[0]:
+                    self._refuse(rec, f"SAPIENT_PLUGINS={allow.raw!r} picks {picked[0].distribution}'s {name!r}, "
+                                      f"not {rec.distribution or '?'}'s", status="disabled", warn_now=False)
+            recs = picked[:1]
+        rec = recs[0]
         if name != REFERENCE:
-            if disable:
-                rec.status = "disabled"
-                rec.disabled_reason = ("SAPIENT_DISABLE_PLUGIN_AUTOLOAD=1 loads only the CPU reference. To use "
-                                       "it, unset SAPIENT_DISABLE_PLUGIN_AUTOLOAD")
-            elif allow is not None and name not in allow:
-                rec.status = "disabled"
-                rec.disabled_reason = (f"not in SAPIENT_PLUGINS={allow_raw!r}. To use it, add it to "
-                                       f"SAPIENT_PLUGINS (or unset SAPIENT_PLUGINS)")
+            self._apply_switches(rec, disable, allow)
         self._records[name] = rec
+
+    def _apply_switches(self, rec: PluginRecord, disable: bool, allow: switches.AllowList) -> None:
+        if disable:
+            raw = self._disable_raw.strip()
+            shown = raw if raw.lower() in switches.TRUE else f"{raw!r} (an unrecognised value, read as on)"
+            rec.status = "disabled"
+            rec.disabled_reason = (f"SAPIENT_DISABLE_PLUGIN_AUTOLOAD={shown} loads only the CPU reference. To use "
+                                   f"it, unset SAPIENT_DISABLE_PLUGIN_AUTOLOAD")
+            return
+        if allow.entries is None:
+            return
+        if rec.name not in allow.entries:
+            rec.status = "disabled"
+            rec.disabled_reason = (f"not in SAPIENT_PLUGINS={allow.raw!r}. To use it, add it to SAPIENT_PLUGINS "
+                                   f"(or unset SAPIENT_PLUGINS)")
+            return
+        pin = allow.entries[rec.name]
+        if pin is not None and _norm_dist(rec.distribution) != pin:
+            rec.status = "disabled"
+            rec.disabled_reason = (f"SAPIENT_PLUGINS={allow.raw!r} asks for {rec.name!r} from {pin}, but the "
+                                   f"installed {rec.name!r} comes from {rec.distribution or '?'}. To use it, write "
+                                   f"{rec.name}@{rec.distribution or '?'} (or {rec.name}) in SAPIENT_PLUGINS")
+
+    def _check_allow_list(self, allow: switches.AllowList, claims: dict[str, list[Any]]) -> None:
+        """One SwitchWarning for the entries of SAPIENT_PLUGINS that match no installed plugin."""
+        if allow.entries is None:
+            return
+        known = set(claims) | set(self._records)
+        problems = [f"{entry!r} is not of the form NAME or NAME@DISTRIBUTION" for entry in allow.malformed]
+        for name, pin in allow.entries.items():
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                problems.append(f"{name!r} matches no installed plugin"
+                                + (f" (did you mean {close[0]!r}?)" if close else ""))
+            elif pin is not None and name != REFERENCE:
+                dists = [_dist_name(ep) for ep in claims.get(name, ())]
+                if not any(_norm_dist(d) == pin for d in dists):
+                    problems.append(f"'{name}@{pin}': no installed distribution {pin} declares {name!r} (it comes "
+                                    f"from {', '.join(dists) or 'in-process registration'})")
+            elif pin is not None and pin != REFERENCE_DIST:
+                problems.append(f"'{name}@{pin}': {name!r} is always the CPU reference ({REFERENCE_DIST})")
+        if not problems:
+            return
+        installed = ", ".join(repr(n) for n in sorted(known))
+        raw = allow.raw
+        switches.warn_once(
+            self.warned, "SAPIENT_PLUGINS", raw or "",
+            f"SAPIENT_PLUGINS={raw!r}: {'; '.join(problems)}. Installed plugins: {installed}. Those entries allow "
+            f"nothing: only the plugins it names that are installed are loaded (the CPU reference always is). To "
+            f"remedy this, correct the entries (NAME or NAME@DISTRIBUTION, comma-separated), or unset SAPIENT_PLUGINS "
+            f"to load every plugin")
 
     # --- loading ------------------------------------------------------------------------------------
 
@@ -208,6 +298,9 @@ class Discovery:
         if not isinstance(name, str) or not _NAME_RE.match(name) or name in ("auto", REFERENCE):
             raise PluginValidationError(f"register: {name!r} is not a valid backend name (a lowercase "
                                         f"identifier other than 'auto' and 'cpu')", plugin=name)
+        if name in OFFICIAL_NAMES:
+            raise PluginValidationError(f"register: {name!r} is reserved for {OFFICIAL_NAMES[name]}. To remedy "
+                                        f"this, register it under another name", plugin=name)
         with self.lock:
             self.discover()
             if name in self._records and self._records[name].status != "disabled":
@@ -254,7 +347,7 @@ class Discovery:
             source=rec.source, target=rec.target, priority=caps.priority if caps else None,
             thread_safe=caps.thread_safe if caps else None, capabilities=caps,
             memory=rec.memory if caps else None,
-            implemented_ops=tuple(op for op in hookspecs.OPS if op in rec.impls),
+            implemented_ops=tuple(op for op in hookspecs.OPS if op in rec.impls), notes=tuple(rec.notes),
             error=rec.error if rec.status == "broken" else None)
 
 

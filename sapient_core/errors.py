@@ -22,6 +22,7 @@ __all__ = [
     "BackendOpError",
     "SapientWarning",
     "PluginWarning",
+    "SwitchWarning",
 ]
 
 
@@ -154,6 +155,23 @@ class SapientWarning(UserWarning):
 
 class PluginWarning(SapientWarning):
     """Something a person can fix was skipped: a broken plugin, a duplicate entry-point name."""
+
+
+class SwitchWarning(SapientWarning):
+    """A ``SAPIENT_*`` environment variable has a value outside its documented spellings, or the
+    allow-list ``SAPIENT_PLUGINS`` names something no installed plugin matches.  The message says how
+    the value was read (see :mod:`sapient_core.switches`)."""
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` must reach the user as it is (Ctrl-C), rather than be recorded as a plugin's fault.
+
+    Everything else a plugin raises while loading or reporting, ``SystemExit`` and other
+    ``BaseException`` subclasses included, is the plugin's fault: it is recorded (or reported) and the
+    caller goes on.  A ``KeyboardInterrupt`` is the user's, so it propagates, once, and is not
+    remembered as the plugin's state (the next call tries the plugin again).
+    """
+    return isinstance(exc, KeyboardInterrupt)
 
 
 def warn(message: str, category: type[Warning] = PluginWarning) -> None:

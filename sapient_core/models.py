@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError,
                       field_serializer, field_validator, model_validator)
 
-from .reporting import fmt_bytes
+from .reporting import fmt_bytes, fmt_int
 
 __all__ = ["CapabilityReport", "Capabilities", "MemoryInfo", "BackendInfo", "Candidate", "Explanation",
            "OpStats", "Stats", "Status", "describe_validation_error", "ValidationError"]
@@ -114,6 +114,8 @@ class BackendInfo(BaseModel):
     :ivar capabilities: the full report, for loaded plugins.
     :ivar memory: the device memory it reports, for loaded plugins.
     :ivar implemented_ops: the ops it implements itself.
+    :ivar notes: hints for the plugin's author (e.g. a function named like a hook but not marked
+        ``@hookimpl``); the plugin works, but maybe not as meant.
     :ivar error: for a broken plugin, the :class:`sapient_core.PluginLoadError` (or subclass) that
         refused it (in JSON: the exception's class name).
     """
@@ -133,6 +135,7 @@ class BackendInfo(BaseModel):
     capabilities: Optional[Capabilities]
     memory: Optional[MemoryInfo]
     implemented_ops: tuple[str, ...]
+    notes: tuple[str, ...] = ()
     error: Optional[Exception] = Field(default=None, repr=False)
 
     @field_serializer("error")
@@ -178,7 +181,7 @@ class Explanation(BaseModel):
 
     def __str__(self) -> str:
         size = f" ({fmt_bytes(self.model_bytes)})" if self.model_bytes >= 1024 else ""
-        lines = [f"kind {self.kind!r} (from {self.source}), model_bytes={self.model_bytes}{size}: {self.rule}"]
+        lines = [f"kind {self.kind!r} (from {self.source}), model_bytes={fmt_int(self.model_bytes)}{size}: {self.rule}"]
         for c in self.candidates:
             mark = "->" if c.chosen else "  "
             lines.append(f" {mark} {c.name:<12} {c.status:<11} device={c.device or '-':<6} {c.reason}")
@@ -198,6 +201,11 @@ class OpStats(BaseModel):
     :ivar routed: calls handed to the CPU reference because the plugin's implementation does not take an
         argument the call sets (it was built for an earlier hook API); not failures.
     :ivar routed_reasons: ``{reason: count}`` for those.
+    :ivar cross_checked: calls the CPU reference also computed, to compare (cross-check mode; see
+        :mod:`sapient_core.crosscheck`).
+    :ivar disagreements: cross-checked calls whose result disagreed with the reference's beyond the kit's
+        tolerances (or that modified an input); the caller still got the plugin's result.
+    :ivar disagreement_reasons: ``{kind of disagreement: count}`` (a call may show several kinds).
     :ivar implemented_by: the plugin that implements the op (``"cpu"`` when the reference serves it).
     """
 
@@ -206,15 +214,22 @@ class OpStats(BaseModel):
     fallback_reasons: dict[str, int] = Field(default_factory=dict)
     routed: int = 0
     routed_reasons: dict[str, int] = Field(default_factory=dict)
+    cross_checked: int = 0
+    disagreements: int = 0
+    disagreement_reasons: dict[str, int] = Field(default_factory=dict)
     implemented_by: str
 
 
 class Stats(BaseModel):
-    """``Backend.stats()``: who serves each op, calls and fallbacks per op, the plugin's own figures."""
+    """``Backend.stats()``: who serves each op, calls and fallbacks per op, the plugin's own figures.
+
+    :ivar cross_check: the fraction of calls cross-checked against the CPU reference (0: off).
+    """
 
     backend: str
     device: str
     strict: bool
+    cross_check: float = 0.0
     ops: dict[str, OpStats]
     plugin: Optional[dict[str, Any]] = None
 

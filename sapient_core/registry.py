@@ -3,7 +3,8 @@
 A :class:`Registry` owns one :class:`~sapient_core.discovery.Discovery`, resolves kinds with
 :func:`sapient_core.resolution.resolve` over the records discovery produces, logs every decision at
 ``debug`` level on the ``sapient_core`` logger, and caches one :class:`sapient_core.Backend` per
-(plugin, strict).  The module-level functions of :mod:`sapient_core` use the process-wide registry.
+(plugin, strict, cross-check fraction).  The module-level functions of :mod:`sapient_core` use the
+process-wide registry.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import os
 from typing import Any, Callable, Iterable
 
 from .backend import Backend
-from .discovery import ENTRY_POINT_GROUP, REFERENCE, Discovery, _env_flag
+from . import switches
+from .discovery import ENTRY_POINT_GROUP, REFERENCE, Discovery
 from .memory import FitPolicy
 from .models import BackendInfo, Explanation
+from .reporting import fmt_int
 from .resolution import resolve
 
 __all__ = ["Registry", "ENTRY_POINT_GROUP", "REFERENCE"]
@@ -37,7 +40,7 @@ class Registry:
                  policy: FitPolicy | None = None):
         self.discovery = Discovery(entry_points)
         self._policy = policy
-        self._backends: dict[tuple[str, bool], Backend] = {}
+        self._backends: dict[tuple[str, bool, float], Backend] = {}
 
     @property
     def pm(self) -> Any:
@@ -90,37 +93,44 @@ class Registry:
             logger.debug("resolve %r: %s %s - %s %s", kind, "took" if c.chosen else "passed over", c.name,
                          c.reason, c.memory)
             if c.chosen and c.fits is False:
-                logger.warning("%r resolves to %r, but a %d-byte model may not fit: %s", kind, c.name, model_bytes,
-                               c.memory)
+                logger.warning("%r resolves to %r, but a %s-byte model may not fit: %s", kind, c.name,
+                               fmt_int(model_bytes), c.memory)
         if exp.chosen:
-            logger.debug("resolve %r (model_bytes=%d) -> %r", kind, model_bytes, exp.chosen)
+            logger.debug("resolve %r (model_bytes=%s) -> %r", kind, fmt_int(model_bytes), exp.chosen)
         return exp
 
     def get_backend(self, kind: str | None = None, *, model_bytes: int = 0,
-                    strict: bool | None = None) -> Backend:
+                    strict: bool | None = None, cross_check: float | None = None) -> Backend:
         """Resolve ``kind`` (see the contract's table) and return its :class:`sapient_core.Backend`.
 
         :param kind: ``"auto"``, ``"cpu"``, a plugin name or a device name; None reads
             ``SAPIENT_BACKEND`` (default ``"auto"``).
         :param model_bytes: the model's weight bytes, for the memory check (0 = unknown, always fits).
         :param strict: raise instead of falling back to the CPU reference; None reads ``SAPIENT_STRICT``.
+        :param cross_check: the fraction of calls (0 to 1) the CPU reference also computes, to compare with
+            the plugin's result (see :mod:`sapient_core.crosscheck`); None reads ``SAPIENT_CROSS_CHECK``
+            (unset: 0, off).
         :raises BackendNotFoundError: the kind names nothing installed (lists what is).
         :raises BackendUnavailableError: the kind is known but unusable here (says why).
         """
+        fraction = None if cross_check is None else switches.check_fraction(cross_check)
         exp = self.explain(kind, model_bytes=model_bytes)
         if exp.chosen is None:
             assert exp.exception is not None
             raise exp.exception
         if strict is None:
-            strict = _env_flag("SAPIENT_STRICT")
-        key = (exp.chosen, bool(strict))
+            strict = switches.flag("SAPIENT_STRICT", bad_means=True, warned=self.discovery.warned,
+                                   effect="a failing op raises BackendOpError instead of falling back")
+        if fraction is None:
+            fraction = switches.cross_check_fraction(self.discovery.warned)
+        key = (exp.chosen, bool(strict), fraction)
         d = self.discovery
         with d.lock:
             backend = self._backends.get(key)
             if backend is None:
                 rec = d.get(exp.chosen)
                 assert rec is not None
-                backend = Backend(rec, d.reference(), strict=bool(strict), explanation=exp)
+                backend = Backend(rec, d.reference(), strict=bool(strict), explanation=exp, cross_check=fraction)
                 self._backends[key] = backend
         return backend
 

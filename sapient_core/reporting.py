@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["format_table", "fmt_sci", "fmt_bytes", "GiB"]
+__all__ = ["format_table", "fmt_sci", "fmt_bytes", "fmt_int", "GiB"]
 
 GiB = 1024 ** 3
 
@@ -29,12 +29,28 @@ def fmt_sci(x: float | None) -> str:
     return "-" if x is None else f"{x:.1e}"
 
 
+def fmt_int(n: int) -> str:
+    """``str(n)`` for an int of up to 30 digits; beyond, ``~1.23e+400`` (computed without a float, so any int,
+    however large, formats: neither float's range nor Python's int-to-str digit limit applies)."""
+    n = int(n)
+    if -10 ** 30 < n < 10 ** 30:
+        return str(n)
+    sign, n = ("-" if n < 0 else ""), abs(n)
+    exp = n.bit_length() * 30103 // 100000          # log10(2) = 0.30103: within one of floor(log10(n))
+    while 10 ** exp > n:
+        exp -= 1
+    while 10 ** (exp + 1) <= n:
+        exp += 1
+    lead = n // 10 ** (exp - 2)                     # the three leading digits
+    return f"~{sign}{lead // 100}.{lead % 100:02d}e+{exp}"
+
+
 def fmt_bytes(n: int) -> str:
-    """``1.50 GiB``, ``12.0 MiB`` or ``512 B`` (exact for any int, however large)."""
+    """``1.50 GiB``, ``12.0 MiB`` or ``512 B``; for any int, however large (``~9.31e+390 GiB``)."""
     sign = "-" if n < 0 else ""
     n = abs(int(n))
     if n >= 1024 ** 5:                      # no float conversion: model_bytes may exceed float's range
-        return f"{sign}{n // GiB} GiB"
+        return f"{sign}{fmt_int(n // GiB)} GiB"
     if n >= GiB:
         return f"{sign}{n / GiB:.2f} GiB"
     if n >= 1024 ** 2:

@@ -47,3 +47,16 @@ def use_registry(monkeypatch):
         monkeypatch.setattr(sapient_core, "_registry", registry)
         return registry
     return use
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz's figures (tests/test_fuzz_backends.py), when it ran."""
+    import sys
+    module = next((m for name, m in list(sys.modules.items()) if name.endswith("test_fuzz_backends")), None)
+    figures = getattr(module, "FIGURES", None)
+    if figures:
+        terminalreporter.section("sapient_core fuzz (cpu vs mlx)")
+        examples = getattr(module, "EXAMPLES", "?")
+        terminalreporter.line(f"max_examples per op and test: {examples}")
+        for key in sorted(figures):
+            terminalreporter.line(f"{key}: {figures[key]}")

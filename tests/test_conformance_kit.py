@@ -12,8 +12,8 @@ import pytest
 
 from sapient_core.hookspecs import OPS
 from sapient_core.registry import Registry
-from sapient_core.testing import (CASE_TOLERANCES, DECLINED, FAIL, KIT_SIZES, NOT_IMPLEMENTED, PASS, ROUTED, TOLERANCES,
-                                  build_cases, max_abs_err, nmse, run_case, run_conformance, tolerance_for)
+from sapient_core.testing import (CASE_TOLERANCES, DECLINED, FAIL, KIT_SIZES, NOT_IMPLEMENTED, NOT_RUN, PASS, ROUTED,
+                                  TOLERANCES, build_cases, max_abs_err, nmse, run_case, run_conformance, tolerance_for)
 
 from helpers.planted import planted_module, write_dist
 
@@ -43,7 +43,7 @@ def value_cases(op, *, nonempty=False, dtype=None):
         arrays = [a for a in c.args() if isinstance(a, np.ndarray)]
         if nonempty and any(a.size == 0 for a in arrays):
             continue
-        if dtype is not None and any(a.dtype != dtype for a in arrays if a.dtype.kind == "f"):
+        if dtype is not None and any(a.dtype != dtype for a in arrays if a.dtype.kind in "fV"):  # V: bfloat16
             continue
         out.append(c.name)
     return out
@@ -56,7 +56,8 @@ def test_every_op_has_value_edge_and_bad_input_cases():
     for op in OPS:
         names = {c.name for c in cases if c.op == op}
         assert "native" in names, op
-        assert any("float16" in n for n in names), op
+        assert any("float16" in n and "bfloat16" not in n for n in names), op
+        assert any("bfloat16" in n for n in names), op
         assert any(n.startswith("zero") for n in names), op
         assert any(n.startswith("bad-") for n in names), op
         assert any("nan" in n for n in names), op
@@ -79,7 +80,9 @@ def test_edge_case_inputs_are_what_their_names_say():
         arrays = [a for a in args if isinstance(a, np.ndarray)]
         if "noncontig" in cid and "positions" not in cid:
             assert any(not a.flags.c_contiguous for a in arrays), cid
-        if "float16" in cid:
+        if "bfloat16" in cid:
+            assert any(a.dtype.name == "bfloat16" for a in arrays), cid
+        elif "float16" in cid:
             assert any(a.dtype == np.float16 for a in arrays), cid
         if ":zero" in cid:
             assert any(a.size == 0 for a in arrays), cid
@@ -127,7 +130,8 @@ def test_tolerances_catch_a_relative_error_of_1e_3_in_every_op():
 def test_cpu_reference_passes_every_case(registry):
     report = run_conformance("cpu", registry=registry)
     assert report.ok, report.table(failures_only=True)
-    assert report.counts() == {PASS: len(build_cases()), FAIL: 0, DECLINED: 0, ROUTED: 0, NOT_IMPLEMENTED: 0}
+    assert report.counts() == {PASS: len(build_cases()), FAIL: 0, DECLINED: 0, ROUTED: 0, NOT_IMPLEMENTED: 0,
+                               NOT_RUN: 0}
     for r in report.results:
         if r.kind == "value":
             assert r.nmse <= r.tolerance.nmse and r.nmse_cpu == 0.0, (r.op, r.case)
@@ -216,6 +220,44 @@ def test_wrong_dtype_nan_parity_and_overflow_warnings_are_caught(registry):
     report = run_conformance(plant(registry, "overflows"), registry=registry)
     assert {r.case for r in report.failures} == {"large"}
     assert by_case(report)[("silu", "large")].reason == "emitted RuntimeWarning: overflow encountered in exp"
+
+
+def test_a_backend_that_keeps_the_input_dtype_fails_the_bfloat16_and_float16_cases(registry):
+    report = run_conformance(plant(registry, "keepsdtype"), ops=["silu", "rms_norm", "add"], registry=registry)
+    failed = {(r.op, r.case): r.reason for r in report.failures}
+    assert failed == {
+        ("silu", "float16"): "wrong result: returned dtype float16, not float32",
+        ("silu", "bfloat16"): "wrong result: returned dtype bfloat16, not float32",
+        ("rms_norm", "float16"): "wrong result: returned dtype float16, not float32",
+        ("rms_norm", "bfloat16"): "wrong result: returned dtype bfloat16, not float32",
+        ("add", "float16-mixed"): "wrong result: returned dtype float16, not float32",
+        ("add", "bfloat16-mixed"): "wrong result: returned dtype bfloat16, not float32",
+    }
+    assert not report.ok
+
+
+def test_bfloat16_cases_compute_the_bfloat16_values_in_float32(registry):
+    import ml_dtypes
+    case = next(c for c in build_cases() if c.id == "rms_norm:bfloat16")
+    x, w, eps = case.args()
+    assert x.dtype == w.dtype == np.dtype(ml_dtypes.bfloat16) and case.needs == "ml_dtypes"
+    twin = next(c for c in build_cases() if c.id == "rms_norm:float16")
+    assert (twin.op, twin.expect, twin.native) == (case.op, case.expect, case.native)
+    result = run_case(registry.get_backend("cpu", strict=True), case, registry.get_backend("cpu", strict=True))
+    assert result.status == PASS and result.nmse <= result.tolerance.nmse
+
+
+def test_without_ml_dtypes_the_bfloat16_cases_are_reported_not_run(registry, monkeypatch):
+    from sapient_core.testing import cases
+    monkeypatch.setattr(cases, "bfloat16", lambda: None)
+    report = run_conformance("cpu", ops=["silu", "gelu"], registry=registry)
+    not_run = {(r.op, r.case): r.reason for r in report.not_run}
+    reason = "bfloat16 input needs ml_dtypes (NumPy has no bfloat16 of its own): pip install ml_dtypes"
+    assert not_run == {("silu", "bfloat16"): reason, ("gelu", "bfloat16-erf"): reason,
+                       ("gelu", "bfloat16-tanh"): reason}
+    assert report.ok and report.counts()[NOT_RUN] == 3
+    assert f": OK - {len(report.passed)} passed, 0 failed, 0 declined, 3 not run ({reason}), 0 op(s) not " \
+           f"implemented" in report.summary()
 
 
 def test_report_table_and_json(registry):
@@ -343,3 +385,40 @@ def test_a_plugin_built_for_api_1_is_routed_not_failed(registry):
     r = next(r for r in report.results if r.status == ROUTED and r.op == "apply_rope_positions")
     assert "built for hook API 1" in r.reason and "(B, S) positions" in r.reason
     assert f"{len(routed)} routed to the CPU reference" in report.summary()
+
+
+# --- backends planted at the edge of each tolerance: just over fails, well under passes ---------------------
+
+EDGE_PLANTS = {"nmse_over": ("nmse", 3.0), "nmse_under": ("nmse", 0.1),
+               "max_over": ("max_err", 3.0), "max_under": ("max_err", 0.1)}
+
+
+@pytest.fixture(scope="module")
+def edge_registry():
+    from helpers.planted import off_by
+    reg = Registry(entry_points=lambda: [])
+    for name, (kind, factor) in EDGE_PLANTS.items():
+        reg.register(off_by(kind, factor), name)
+    return reg
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_an_error_just_over_a_tolerance_fails_and_well_under_passes(edge_registry, op):
+    """3x the op's NMSE tolerance fails on the NMSE check (and 3x its max-abs-err tolerance on that check);
+    0.1x of either passes.  A tolerance loosened (or tightened) by 10x or more fails this test."""
+    case = next(c for c in build_cases("small", [op]) if c.expect is None and not c.native)
+    assert tolerance_for(op, case.name) is TOLERANCES[op]
+    reference = edge_registry.get_backend("cpu", strict=True)
+    results = {name: run_case(edge_registry.get_backend(name, strict=True), case, reference)
+               for name in EDGE_PLANTS}
+    tol = TOLERANCES[op]
+    over, under = results["nmse_over"], results["nmse_under"]
+    assert over.status == FAIL and f"NMSE vs oracle {over.nmse:.1e} > {tol.nmse:.0e}" in over.reason, over
+    if tol.nmse:
+        assert 2 * tol.nmse < over.nmse < 4 * tol.nmse                     # the plant is where it says it is
+    else:                                                                  # an exact op: one ulp off fails
+        assert 0 < over.nmse < 1e-13
+    assert under.status == PASS and under.nmse <= 0.2 * tol.nmse, under
+    over, under = results["max_over"], results["max_under"]
+    assert over.status == FAIL and "max abs err " in over.reason and f"> {tol.max_err:.0e} * " in over.reason, over
+    assert under.status == PASS, under

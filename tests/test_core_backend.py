@@ -184,6 +184,31 @@ def test_more_validation_messages(call, error, message):
     assert all(s.calls == 0 for s in b.stats().ops.values())
 
 
+@pytest.mark.parametrize("q_batch, kv_batch", [(2, 1), (1, 2), (3, 2)])
+def test_attention_batches_that_differ_are_refused_not_broadcast(q_batch, kv_batch):
+    """float32 contiguous NumPy input: exactly what the checks' fast path sees (a q batch of 2 against k/v of
+    1 would otherwise broadcast silently in a NumPy kernel)."""
+    from sapient_core import validate
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((q_batch, 4, 3, 8)).astype(np.float32)
+    k = rng.standard_normal((kv_batch, 2, 5, 8)).astype(np.float32)
+    v = rng.standard_normal((kv_batch, 2, 5, 8)).astype(np.float32)
+    message = (rf"^gqa_attention: batch sizes differ: q has {q_batch}, k and v have {kv_batch} \(q \({q_batch}, 4, 3, "
+               rf"8\), k \({kv_batch}, 2, 5, 8\), v \({kv_batch}, 2, 5, 8\)\)$")
+    for causal in (True, False):
+        with pytest.raises(ShapeError, match=message):
+            validate.check_gqa_attention(q, k, v, 2, causal)
+    plugin = delegating_plugin()
+    reg = registry_with(plugin)
+    mlx = Registry().get_backend("mlx", strict=True)        # the installed MLX plugin (mlx[cpu] on Linux)
+    backends = [reg.get_backend("cpu"), reg.get_backend("fake"), reg.get_backend("fake", strict=True), mlx]
+    for b in backends:
+        with pytest.raises(ShapeError, match=message) as exc:
+            b.gqa_attention(q, k, v, 2, True)
+        assert exc.value.op == "gqa_attention" and b.stats().ops["gqa_attention"].calls == 0
+    assert plugin.calls == []
+
+
 def test_fast_path_agrees_with_the_full_check():
     """The checks' fast path (float32 NumPy input) accepts exactly what the full check accepts."""
     from sapient_core import validate

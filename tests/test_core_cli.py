@@ -190,12 +190,94 @@ def test_list_shows_every_kind_of_broken_plugin(fake_site, use_registry, capsys)
         assert any(r.startswith(f"{name} (broken): plugin '{name}'") for r in rows), case
     assert any(r.startswith("cpu (broken): entry-point name 'cpu' (from fake-impostor") for r in rows)
     assert any(r.startswith("Bad-Name (broken): entry-point name 'Bad-Name'") for r in rows)
-    assert any(r.startswith("dup (broken): duplicate backend name 'dup'") for r in rows)
-    assert out.endswith("\nauto resolves to: 'dup'\n")
+    assert len([r for r in rows if r.startswith("dup (broken): backend name 'dup' is claimed by 2 distributions")]) == 2
+    assert out.endswith("\nauto resolves to: 'cpu'\n")
 
     assert cli.main(["list", "--json"]) == 0
     infos = json.loads(capsys.readouterr().out)
     errors = {i["name"]: i["error"] for i in infos if i["status"] == "broken"}
     assert {name: errors[name] for name, _, _ in names} == {name: error for name, _, error in names}
     assert sorted((i["name"], i["status"]) for i in infos if i["name"] in ("cpu", "dup")) == [
-        ("cpu", "available"), ("cpu", "broken"), ("dup", "available"), ("dup", "broken")]
+        ("cpu", "available"), ("cpu", "broken"), ("dup", "broken"), ("dup", "broken")]
+
+
+# --- options anywhere, warnings as one line -------------------------------------------------------------------
+
+def run_cli(site, *argv, **env):
+    """The real command in a fresh process (default warning display, default logging), over ``site``."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("SAPIENT_", "PYTHONWARNINGS"))}
+    e["PYTHONPATH"] = os.pathsep.join([str(site.root), e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    e.update(env)
+    return subprocess.run([sys.executable, "-m", "sapient_core", *argv], capture_output=True, text=True, env=e,
+                          timeout=60)
+
+
+def test_verbose_and_json_go_before_or_after_the_subcommand(fake_site):
+    fake_site.add_plugin("metalfast", device="metal", priority=100)
+    for argv in (["-v", "list", "--json"], ["list", "-v", "--json"], ["--json", "list", "-v"],
+                 ["--json", "-v", "list"]):
+        proc = run_cli(fake_site, *argv, SAPIENT_PLUGINS="metalfast")
+        assert proc.returncode == 0, (argv, proc.stderr)
+        assert {i["name"] for i in json.loads(proc.stdout)} >= {"cpu", "metalfast"}, argv
+        assert "sapient_core DEBUG: discovered plugins:" in proc.stderr, argv
+    for argv in (["explain", "metal", "--json"], ["--json", "explain", "metal"]):
+        proc = run_cli(fake_site, *argv)
+        assert proc.returncode == 0 and json.loads(proc.stdout)["chosen"] == "metalfast", argv
+        assert "DEBUG" not in proc.stderr
+    proc = run_cli(fake_site, "explain", "metal")
+    assert proc.stdout.splitlines()[-1] == "result: 'metalfast'"           # no --json: text
+
+
+def test_the_command_shows_each_warning_as_one_clean_line(fake_site):
+    fake_site.add_plugin("bad", plugin_source(header="raise RuntimeError('the GPU driver crashed at import')"))
+    proc = run_cli(fake_site, "list", SAPIENT_STRICT="2", SAPIENT_BACKEND="cpu")
+    assert proc.returncode == 0
+    proc = run_cli(fake_site, "list")
+    assert proc.returncode == 0
+    assert proc.stderr.splitlines() == [
+        "sapient-backends: warning: plugin 'bad': importing sapient_fake_bad failed: RuntimeError: the GPU driver "
+        "crashed at import; the plugin is skipped and the others keep working"]
+    proc = run_cli(fake_site, "explain", "cpu", SAPIENT_PLUGINS="cpu,bda")
+    assert proc.returncode == 0
+    assert [line.split(": ")[:3] for line in proc.stderr.splitlines()] == [
+        ["sapient-backends", "warning", "SAPIENT_PLUGINS='cpu,bda'"]]
+
+
+# --- integers beyond float's range ----------------------------------------------------------------------------
+
+def test_a_model_size_of_10_to_the_400_never_overflows(run, capsys):
+    huge = 10 ** 400
+    code, out, err = run("explain", "auto", "--model-bytes", str(huge))
+    assert code == 0 and out.splitlines()[-1] == "result: 'cpu'" and "Error" not in err
+    assert out.startswith("kind 'auto' (from argument), model_bytes=~1.00e+400 (~9.31e+390 GiB)")
+    code, out, _ = run("explain", "metalfast", "--model-bytes", str(huge), "--json")
+    exp = json.loads(out)
+    assert code == 0 and exp["model_bytes"] == huge and exp["chosen"] == "metalfast"
+    assert exp["candidates"][0]["fits"] is False and "~9.31e+390 GiB x 1.5 = ~1.39e+391 GiB >" in \
+        exp["candidates"][0]["memory"]
+    code, out, _ = run("list")
+    assert code == 0
+
+
+@pytest.mark.parametrize("exponent, shown", [(400, "~9.31e+390 GiB"),      # 10**400 / 2**30 = 9.31e390
+                                             (5000, "~9.31e+4990 GiB")])   # beyond Python's int-to-str limit too
+def test_huge_sizes_through_the_python_api_and_list(exponent, shown, fake_site, use_registry, capsys):
+    import sapient_core
+    huge = 10 ** exponent
+    fake_site.add_plugin("vast", device="metal",
+                         memory_expr=f"{{'total_bytes': 10 ** {exponent}, 'source': 'fake device info'}}")
+    reg = use_registry(fake_site.registry())
+    assert cli.main(["list"]) == 0
+    out, err = capsys.readouterr()
+    assert table(out)["vast"]["memory"] == shown
+    assert sapient_core.get_backend("auto", model_bytes=huge).name == "cpu"         # 1.5 x huge does not fit
+    assert sapient_core.get_backend("auto", model_bytes=huge // 2).name == "vast"   # 0.75 x huge does
+    assert sapient_core.get_backend("vast", model_bytes=huge).name == "vast"        # by name: used anyway
+    assert sapient_core.get_backend("cpu", model_bytes=huge).name == "cpu"
+    text = str(sapient_core.explain("auto", model_bytes=huge))
+    assert "model_bytes=~1.00e+" in text and " GiB x 1.5 = ~1.39e+" in text and text.endswith("result: 'cpu'")
+    info = next(i for i in sapient_core.list_backends() if i.name == "vast")
+    assert info.memory.total_bytes == huge
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err
+    assert reg is sapient_core.default_registry()

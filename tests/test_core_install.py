@@ -122,6 +122,7 @@ def test_pip_installed_plugin_is_discovered_and_used(plugin_venv):
     assert out["auto"] == out["by_device"] == "fakeaccel"
     assert out["same"] is True
     assert out["stats"] == {"calls": 1, "fallbacks": 0, "fallback_reasons": {}, "routed": 0, "routed_reasons": {},
+                            "cross_checked": 0, "disagreements": 0, "disagreement_reasons": {},
                             "implemented_by": "fakeaccel"}
     assert out["plugin"] == {"silu_calls": 1}
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import sapient_core
-from sapient_core import (BackendNotFoundError, BackendUnavailableError, IncompatiblePluginError, PluginLoadError,
-                          PluginValidationError, PluginWarning)
+from sapient_core import (BackendNotFoundError, BackendOpError, BackendUnavailableError, IncompatiblePluginError,
+                          PluginLoadError, PluginValidationError, PluginWarning)
 from sapient_core.registry import Registry
 
 from helpers.broken_plugins import BROKEN, MOD
@@ -69,21 +69,91 @@ def test_broken_reason_keeps_the_original_exception_as_cause(fake_site):
 
 # --- entry-point names -------------------------------------------------------------------------------------
 
-def test_duplicate_entry_point_names(fake_site):
-    fake_site.add_dist("fake-alpha", entry_points={"dup": "sapient_fake_alpha"},
-                       modules={"sapient_fake_alpha": plugin_source(device="metal", priority=1)})
-    fake_site.add_dist("fake-beta", entry_points={"dup": "sapient_fake_beta"},
-                       modules={"sapient_fake_beta": plugin_source(device="cuda", priority=1)})
-    reg = fake_site.registry()
-    message = (r"^duplicate backend name 'dup': fake-beta \(sapient_fake_beta\) and fake-alpha \(sapient_fake_alpha\) "
-               r"both declare it; 'dup' is fake-alpha's \(the first by distribution name\), fake-beta's is skipped\. "
-               r"To remedy this, uninstall one of them$")
-    with pytest.warns(PluginWarning, match=message):
+def contested(site):
+    site.add_dist("fake-alpha", entry_points={"dup": "sapient_fake_alpha"},
+                  modules={"sapient_fake_alpha": plugin_source(device="metal", priority=1)})
+    site.add_dist("fake-beta", entry_points={"dup": "sapient_fake_beta"},
+                  modules={"sapient_fake_beta": plugin_source(device="cuda", priority=1)})
+    return site.registry()
+
+
+def test_a_name_two_distributions_claim_is_refused_for_both(fake_site):
+    reg = contested(fake_site)
+    message = (r"^backend name 'dup' is claimed by 2 distributions: fake-alpha \(sapient_fake_alpha\) and fake-beta "
+               r"\(sapient_fake_beta\); none of them is used, since any could be an impostor\. To remedy this, "
+               r"uninstall all but one, or pick one with SAPIENT_PLUGINS=dup@fake-alpha$")
+    with pytest.warns(PluginWarning, match=message) as record:
         infos = reg.list_backends()
+    assert len([w for w in record if issubclass(w.category, PluginWarning)]) == 1      # one warning per conflict
     dups = [i for i in infos if i.name == "dup"]
-    assert [(i.status, i.distribution) for i in dups] == [("available", "fake-alpha"), ("broken", "fake-beta")]
-    assert reg.get_backend("dup").device == "metal"
-    assert "sapient_fake_beta" not in sys.modules          # the skipped one is never imported
+    assert [(i.status, i.distribution) for i in dups] == [("broken", "fake-alpha"), ("broken", "fake-beta")]
+    assert all(re.search(message, i.reason) for i in dups)
+    assert reg.get_backend("auto").name == "cpu"
+    with pytest.raises(BackendUnavailableError, match=r"^backend 'dup' is installed but broken: backend name 'dup' is "
+                                                      r"claimed by 2 distributions"):
+        reg.get_backend("dup")
+    assert "sapient_fake_alpha" not in sys.modules and "sapient_fake_beta" not in sys.modules   # no code ran
+
+
+@pytest.mark.parametrize("pick, picked, device, other", [("fake-beta", "fake-beta", "cuda", "fake-alpha"),
+                                                           ("Fake_Alpha", "fake-alpha", "metal", "fake-beta")])
+def test_the_user_picks_one_of_two_claimants_with_name_at_distribution(fake_site, monkeypatch, pick, picked, device,
+                                                                        other):
+    monkeypatch.setenv("SAPIENT_PLUGINS", f"dup@{pick}")
+    reg = contested(fake_site)
+    infos = no_plugin_warnings(lambda: reg.list_backends())
+    dups = {i.distribution: i for i in infos if i.name == "dup"}
+    assert (dups[picked].status, dups[other].status) == ("available", "disabled")
+    assert dups[other].reason == f"SAPIENT_PLUGINS='dup@{pick}' picks {picked}'s 'dup', not {other}'s"
+    assert reg.get_backend("dup").device == device and reg.get_backend("auto").name == "dup"
+    assert f"sapient_fake_{other.split('-')[1]}" not in sys.modules
+
+
+def official_mlx(site, marker):
+    """A stand-in for the real sapient-backend-mlx (same distribution name), and an impostor sorted before it."""
+    site.add_dist("sapient-backend-mlx", entry_points={"mlx": "sapient_fake_official_mlx"},
+                  modules={"sapient_fake_official_mlx": plugin_source(device="metal", priority=100)})
+    site.add_dist("aaa-impostor", entry_points={"mlx": "sapient_fake_impostor_mlx"},
+                  modules={"sapient_fake_impostor_mlx": plugin_source(
+                      header=f"open({str(marker)!r}, 'a').write('impostor ran')", device="metal", priority=10 ** 6)})
+    return site.registry()
+
+
+@pytest.mark.parametrize("allow", [None, "mlx", "cpu,mlx"])
+def test_the_name_mlx_belongs_to_sapient_backend_mlx(fake_site, tmp_path, monkeypatch, allow):
+    if allow is not None:
+        monkeypatch.setenv("SAPIENT_PLUGINS", allow)
+    marker = tmp_path / "impostor-ran"
+    reg = official_mlx(fake_site, marker)
+    with pytest.warns(PluginWarning, match=r"^entry-point name 'mlx' \(from aaa-impostor, sapient_fake_impostor_mlx\) "
+                                           r"is reserved for the official backend \(sapient-backend-mlx\)\. To remedy "
+                                           r"this, rename the entry point$"):
+        infos = reg.list_backends()
+    assert sorted((i.status, i.distribution) for i in infos if i.name == "mlx") == [
+        ("available", "sapient-backend-mlx"), ("broken", "aaa-impostor")]
+    assert reg.get_backend("mlx").capabilities.distribution == "sapient-backend-mlx"
+    assert reg.get_backend("auto").name == "mlx" and reg.get_backend("auto").capabilities.priority == 100
+    assert not marker.exists() and "sapient_fake_impostor_mlx" not in sys.modules
+
+
+def test_an_impostor_mlx_is_refused_even_when_the_real_one_is_not_installed(fake_site, tmp_path):
+    marker = tmp_path / "impostor-ran"
+    fake_site.add_dist("aaa-impostor", entry_points={"mlx": "sapient_fake_impostor_mlx"},
+                       modules={"sapient_fake_impostor_mlx": plugin_source(
+                           header=f"open({str(marker)!r}, 'a').write('impostor ran')", device="metal")})
+    reg = fake_site.registry()
+    with pytest.warns(PluginWarning, match=r"is reserved for the official backend \(sapient-backend-mlx\)"):
+        with pytest.raises(BackendNotFoundError, match=r"^no backend named 'mlx' is installed \(installed: 'cpu'\)\. "
+                                                       r"To get it: pip install sapient-backend-mlx"):
+            reg.get_backend("mlx")
+    assert reg.get_backend("auto").name == "cpu" and not marker.exists()
+
+
+def test_register_refuses_the_official_names():
+    reg = Registry(entry_points=lambda: [])
+    with pytest.raises(PluginValidationError, match=r"^register: 'mlx' is reserved for sapient-backend-mlx\. To "
+                                                    r"remedy this, register it under another name$"):
+        reg.register(namespace_plugin(caps_dict()), "mlx")
 
 
 def test_entry_point_named_cpu_from_another_distribution_is_refused(fake_site):
@@ -333,7 +403,7 @@ def test_a_plugin_warning_points_at_the_callers_line_not_into_the_library(fake_s
     warning = next(w for w in record if issubclass(w.category, PluginWarning))
     assert warning.filename == __file__, warning.filename
     fake_site.add_plugin("bad", dist="fake-bad-again")
-    with pytest.warns(PluginWarning, match="duplicate backend name") as record:
+    with pytest.warns(PluginWarning, match="backend name 'bad' is claimed by 2 distributions") as record:
         fake_site.registry().get_backend("cpu")            # discovery runs here, deep inside the library
     assert [w.filename for w in record if issubclass(w.category, PluginWarning)] == [__file__]
 
@@ -347,3 +417,145 @@ def test_an_explanation_that_fails_carries_the_exception_get_backend_raises():
     with pytest.raises(BackendNotFoundError) as raised:
         reg.get_backend("nosuchkind")
     assert str(raised.value) == exp.error and raised.value.installed == ("cpu",)
+
+
+# --- BaseException from a plugin: its fault, recorded; KeyboardInterrupt: the user's, once --------------------
+
+EXITS = {
+    "import-exit": plugin_source(header="import sys\nsys.exit(3)"),
+    "import-base-exception": plugin_source(header="class GPUPanic(BaseException):\n    pass\nraise GPUPanic('panic')"),
+    "caps-exit": "from sapient_core import hookimpl\n@hookimpl\ndef backend_capabilities():\n    raise SystemExit(4)\n",
+}
+
+
+@pytest.mark.parametrize("case", list(EXITS))
+def test_a_base_exception_from_a_plugin_is_recorded_not_raised_again(fake_site, tmp_path, case, capsys,
+                                                                      use_registry):
+    from sapient_core import cli
+    counter = tmp_path / "imports"
+    fake_site.add_plugin("bad", f"open({str(counter)!r}, 'a').write('x')\n" + EXITS[case])
+    fake_site.add_plugin("good", device="metal", priority=1)
+    reg = use_registry(fake_site.registry())
+    with pytest.warns(PluginWarning, match=r"^plugin 'bad': .*(SystemExit: [34]|GPUPanic: panic)") as record:
+        for _ in range(3):
+            infos = {i.name: i for i in sapient_core.list_backends()}
+            assert sapient_core.get_backend("auto").name == "good"
+    assert len([w for w in record if issubclass(w.category, PluginWarning)]) == 1
+    assert counter.read_text() == "x"                         # imported once, not again on every call
+    assert infos["bad"].status == "broken" and isinstance(infos["bad"].error, PluginLoadError)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        assert cli.main(["list"]) == 0                        # not the plugin's exit status
+        out = capsys.readouterr().out
+        assert re.search(r"^bad \(broken\): plugin 'bad': .*(SystemExit: [34]|GPUPanic: panic)$", out, re.M)
+        assert cli.main(["check", "--ops", "silu"]) == 1
+        out = capsys.readouterr().out
+        assert re.search(r"^bad: FAILED - broken: plugin 'bad': .*(SystemExit: [34]|GPUPanic: panic)$", out, re.M)
+        assert out.endswith("result: FAILED\n")
+
+
+def test_a_keyboard_interrupt_reaches_the_user_once_and_is_not_remembered(fake_site, tmp_path):
+    flag = tmp_path / "interrupted-once"
+    fake_site.add_plugin("slow", plugin_source(device="metal", header=(
+        f"import os\nif not os.path.exists({str(flag)!r}):\n    open({str(flag)!r}, 'w').close()\n"
+        f"    raise KeyboardInterrupt")))
+    reg = fake_site.registry()
+    with pytest.raises(KeyboardInterrupt):
+        reg.list_backends()                                   # Ctrl-C during the plugin's import: the user's
+    infos = no_plugin_warnings(lambda: {i.name: i for i in reg.list_backends()})
+    assert infos["slow"].status == "available"                # tried again, not recorded as broken
+    assert reg.get_backend("auto").name == "slow"
+
+
+def test_a_keyboard_interrupt_in_the_capability_hook_propagates_and_leaves_nothing_registered(fake_site, tmp_path):
+    flag = tmp_path / "interrupted-once"
+    fake_site.add_plugin("slow", (
+        "import os\nfrom sapient_core import hookimpl\n@hookimpl\ndef backend_capabilities():\n"
+        f"    if not os.path.exists({str(flag)!r}):\n        open({str(flag)!r}, 'w').close()\n"
+        "        raise KeyboardInterrupt\n"
+        "    return {'api_version': 1, 'device': 'metal', 'available': True, 'thread_safe': True}\n"))
+    reg = fake_site.registry()
+    with pytest.raises(KeyboardInterrupt):
+        reg.get_backend("slow")
+    assert reg.get_backend("slow").device == "metal"
+
+
+def test_memory_stats_and_conversion_hooks_that_raise_base_exceptions():
+    class Boxed:
+        def __init__(self, a):
+            self.a = np.asarray(a)
+        shape = property(lambda self: self.a.shape)
+        dtype = property(lambda self: self.a.dtype)
+
+    def exit_now():
+        raise SystemExit(7)
+
+    def exit_on_x(x):
+        raise SystemExit(7)
+
+    plugin = namespace_plugin(caps_dict(device="metal"), backend_memory=exit_now, backend_stats=exit_now,
+                              backend_to_numpy=exit_on_x, backend_from_numpy=lambda x: Boxed(x),
+                              logits_from_hidden=lambda hidden, lm_head: Boxed(np.zeros((1, 2), np.float32)))
+    reg = Registry(entry_points=lambda: [])
+    reg.register(plugin, "exits")
+    info = next(i for i in reg.list_backends() if i.name == "exits")
+    assert info.memory.total_bytes is None and info.memory.reason == "backend_memory() raised SystemExit(7)"
+    exp = reg.explain("auto", model_bytes=10)
+    assert exp.chosen == "cpu" and "device memory unknown (backend_memory() raised SystemExit(7))" in str(exp)
+    b = reg.get_backend("exits")
+    assert b.stats().plugin == {"error": "backend_stats() raised SystemExit: 7"}
+    with pytest.raises(BackendOpError, match=r"^exits\.backend_to_numpy\(\) raised SystemExit: 7; a plugin's hook must "
+                                             r"not end the program, so it is reported as this error$") as exc:
+        b.to_numpy(Boxed(np.ones(2, np.float32)))
+    assert isinstance(exc.value.__cause__, SystemExit) and exc.value.op == "backend_to_numpy"
+    # in an op whose result must be NumPy, the failed conversion is the op's failure: the CPU reference computes it
+    hidden, head = np.ones((1, 3, 4), np.float32), np.ones((2, 4), np.float32)
+    np.testing.assert_array_equal(b.logits_from_hidden(hidden, head), np.full((1, 2), 4, np.float32))
+    assert b.stats().ops["logits_from_hidden"].fallback_reasons == {
+        "BackendOpError: exits.backend_to_numpy() raised SystemExit: 7; a plugin's hook must not end the program, so "
+        "it is reported as this error": 1}
+    with pytest.raises(BackendOpError, match=r"^exits\.logits_from_hidden failed \(BackendOpError: exits\."
+                                             r"backend_to_numpy\(\) raised SystemExit: 7"):
+        reg.get_backend("exits", strict=True).logits_from_hidden(hidden, head)
+
+
+def test_stats_of_a_plugin_that_returns_no_dict():
+    reg = Registry(entry_points=lambda: [])
+    reg.register(namespace_plugin(caps_dict(), backend_stats=lambda: [1, 2]), "odd")
+    assert reg.get_backend("odd").stats().plugin == {"error": "backend_stats() returned list [1, 2], not a dict"}
+
+
+# --- a function named like a hook but not marked -------------------------------------------------------------
+
+def test_a_function_named_like_a_hook_without_hookimpl_gets_a_hint(fake_site, use_registry, capsys):
+    from sapient_core import cli
+    fake_site.add_plugin("forgot", plugin_source(device="metal", ops=["silu"], extra=(
+        "def rms_norm(x, weight, eps):\n    return x\n\n"
+        "def backend_memory():\n    return {'total_bytes': 1, 'source': 'x'}\n\n"
+        "from math import gamma as gelu   # imported, not defined here: not meant as the hook\n")))
+    reg = use_registry(fake_site.registry())
+    with pytest.warns(PluginWarning) as record:
+        info = next(i for i in reg.list_backends() if i.name == "forgot")
+    messages = [str(w.message) for w in record if issubclass(w.category, PluginWarning)]
+    assert messages == [
+        "plugin 'forgot': rms_norm() is named like a hook but not marked @hookimpl, so sapient_core never calls "
+        "it (the CPU reference serves rms_norm). To remedy this, decorate it with @sapient_core.hookimpl",
+        "plugin 'forgot': backend_memory() is named like a hook but not marked @hookimpl, so sapient_core never "
+        "calls it (its default is used). To remedy this, decorate it with @sapient_core.hookimpl"]
+    assert info.status == "available" and info.implemented_ops == ("silu",)
+    assert list(info.notes) == [m.removeprefix("plugin 'forgot': ") for m in messages]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert ("forgot (available): note: rms_norm() is named like a hook but not marked @hookimpl, so sapient_core "
+            "never calls it (the CPU reference serves rms_norm). To remedy this, decorate it with "
+            "@sapient_core.hookimpl\n") in out
+    assert no_plugin_warnings(lambda: reg.get_backend("cpu")).name == "cpu"     # the reference has no such hint
+
+
+def test_the_shipped_plugins_have_no_unmarked_hooks():
+    from sapient_core._plugin import unmarked_hooks
+    import sapient_backend_cpu.plugin as cpu_plugin
+    import sapient_backend_mlx.plugin as mlx_plugin         # importing it imports no MLX (cheap everywhere)
+    assert unmarked_hooks(cpu_plugin, {}) == [] and unmarked_hooks(mlx_plugin, {}) == []

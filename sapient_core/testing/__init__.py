@@ -23,7 +23,7 @@ from typing import Any
 
 __all__ = [
     "run_conformance", "conformance_tests", "check_case", "run_case", "Report", "CaseResult",
-    "PASS", "FAIL", "DECLINED", "NOT_IMPLEMENTED", "ROUTED", "nmse", "max_abs_err",
+    "PASS", "FAIL", "DECLINED", "NOT_IMPLEMENTED", "ROUTED", "NOT_RUN", "nmse", "max_abs_err",
     "Case", "KitSizes", "KIT_SIZES", "build_cases",
     "Tolerance", "TOLERANCES", "CASE_TOLERANCES", "tolerance_for", "tolerance_table",
     "run_bench", "BenchReport", "BenchSize", "BENCH_SIZES", "parse_sizes",
@@ -31,7 +31,8 @@ __all__ = [
 
 _HOME = {
     **dict.fromkeys(["run_conformance", "conformance_tests", "check_case", "run_case", "Report", "CaseResult",
-                     "PASS", "FAIL", "DECLINED", "NOT_IMPLEMENTED", "ROUTED", "nmse", "max_abs_err"], "conformance"),
+                     "PASS", "FAIL", "DECLINED", "NOT_IMPLEMENTED", "ROUTED", "NOT_RUN", "nmse", "max_abs_err"],
+                    "conformance"),
     **dict.fromkeys(["Case", "KitSizes", "KIT_SIZES", "build_cases"], "cases"),
     **dict.fromkeys(["Tolerance", "TOLERANCES", "CASE_TOLERANCES", "tolerance_for", "tolerance_table"],
                     "tolerances"),

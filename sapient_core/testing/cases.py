@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import ArgumentError, DTypeError, ShapeError
 from ..hookspecs import OPS
 
-__all__ = ["KitSizes", "KIT_SIZES", "Case", "build_cases", "kit_sizes", "cases_for", "CASE_BUILDERS"]
+__all__ = ["KitSizes", "KIT_SIZES", "Case", "build_cases", "kit_sizes", "cases_for", "CASE_BUILDERS", "bfloat16",
+           "missing_need"]
 
 F32 = np.float32
 F16 = np.float16
@@ -77,6 +78,8 @@ class Case:
         ``DTypeError``); None for a value case.
     :ivar native: pass the array arguments through ``backend.from_numpy`` first (a chain of ops).
     :ivar no_warnings: fail if the call emits a NumPy overflow/invalid/divide warning.
+    :ivar needs: a module the case's inputs need (``"ml_dtypes"``: NumPy has no bfloat16 of its own); when
+        it is not installed the case is reported as not run, with the ``pip install`` that runs it.
     """
 
     op: str
@@ -85,6 +88,7 @@ class Case:
     expect: type | None = None
     native: bool = False
     no_warnings: bool = False
+    needs: str | None = None
 
     @property
     def id(self) -> str:
@@ -620,6 +624,46 @@ def _embedding_cases(s: KitSizes) -> list[Case]:
     return c
 
 
+def bfloat16() -> Any:
+    """NumPy's bfloat16 dtype, from ``ml_dtypes`` (the package JAX and TensorFlow use); None without it."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+#: What each ``Case.needs`` is for and how to get it.
+NEEDS = {"ml_dtypes": "bfloat16 input needs ml_dtypes (NumPy has no bfloat16 of its own): pip install ml_dtypes"}
+
+
+def missing_need(case: Case) -> str | None:
+    """Why ``case`` cannot be built here (what to install), or None when it can."""
+    if case.needs == "ml_dtypes" and bfloat16() is None:
+        return NEEDS["ml_dtypes"]
+    return None
+
+
+def _as_bfloat16(build: Callable[[np.random.Generator], tuple]) -> Callable[[np.random.Generator], tuple]:
+    def bf16_build(rng: np.random.Generator) -> tuple:
+        bf16 = bfloat16()
+        return tuple(a.astype(F32).astype(bf16) if isinstance(a, np.ndarray) and a.dtype == F16 else a
+                     for a in build(rng))
+    return bf16_build
+
+
+def _with_bfloat16(cases: list[Case]) -> list[Case]:
+    """Each float16 value case followed by its bfloat16 twin (the same arrays, in bfloat16): a backend must
+    compute bfloat16 input in float32 and return float32 (a bfloat16 result is a wrong result)."""
+    out = []
+    for case in cases:
+        out.append(case)
+        if "float16" in case.name and case.expect is None:
+            out.append(dataclasses.replace(case, name=case.name.replace("float16", "bfloat16"),
+                                           build=_as_bfloat16(case.build), needs="ml_dtypes"))
+    return out
+
+
 def build_cases(size: str | KitSizes = "small", ops: Any = None) -> list[Case]:
     """Every case, in the order of the contract's ops (optionally only ``ops``).
 
@@ -640,6 +684,6 @@ def build_cases(size: str | KitSizes = "small", ops: Any = None) -> list[Case]:
     for op in (op for op in OPS if op in wanted):
         builder = CASE_BUILDERS[op]
         if builder not in built:
-            built[builder] = builder(s)
+            built[builder] = _with_bfloat16(builder(s))
         cases += [c for c in built[builder] if c.op == op]
     return cases

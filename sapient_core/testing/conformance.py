@@ -34,10 +34,11 @@ from ..errors import BackendOpError
 from ..hookspecs import OPS
 from . import oracle
 from ..reporting import fmt_sci, format_table
-from .cases import Case, build_cases, kit_sizes
+from .cases import Case, build_cases, kit_sizes, missing_need
 from .tolerances import Tolerance, tolerance_for
 
-__all__ = ["PASS", "FAIL", "DECLINED", "NOT_IMPLEMENTED", "ROUTED", "CaseResult", "Report", "nmse", "max_abs_err",
+__all__ = ["PASS", "FAIL", "DECLINED", "NOT_IMPLEMENTED", "ROUTED", "NOT_RUN", "CaseResult", "Report", "nmse",
+           "max_abs_err",
            "run_case", "run_conformance", "check_case", "conformance_tests"]
 
 PASS = "pass"
@@ -47,6 +48,7 @@ NOT_IMPLEMENTED = "not implemented"
 #: The backend's implementation does not take an argument the case sets (or (B, S) positions, for a
 #: hook API 1 plugin): the dispatcher handed the call to the CPU reference by design.  Not a failure.
 ROUTED = "routed"
+NOT_RUN = "not run"
 
 #: The NMSE against the CPU reference may be up to this times the oracle tolerance.
 REFERENCE_FACTOR = 4.0
@@ -56,7 +58,8 @@ REFERENCE_FACTOR = 4.0
 class CaseResult:
     """The outcome of one case on one backend.
 
-    :ivar status: ``"pass"``, ``"fail"``, ``"declined"`` or ``"not implemented"``.
+    :ivar status: ``"pass"``, ``"fail"``, ``"declined"``, ``"not implemented"`` or ``"not run"`` (the case's
+        inputs need a package that is not installed: the reason says which).
     :ivar reason: why it failed (every failed check, ``"; "``-separated), or the backend's reason for
         declining.
     :ivar kind: ``"value"`` (compared with the oracle) or ``"error"`` (bad input must raise).
@@ -119,6 +122,10 @@ class Report:
         return self._with(NOT_IMPLEMENTED)
 
     @property
+    def not_run(self) -> list[CaseResult]:
+        return self._with(NOT_RUN)
+
+    @property
     def ran_itself(self) -> bool:
         """Whether at least one value case ran on the backend itself (and passed)."""
         return any(r.kind == "value" for r in self.passed)
@@ -129,13 +136,17 @@ class Report:
         return not self.failures and self.ran_itself
 
     def counts(self) -> dict[str, int]:
-        return {s: len(self._with(s)) for s in (PASS, FAIL, DECLINED, ROUTED, NOT_IMPLEMENTED)}
+        return {s: len(self._with(s)) for s in (PASS, FAIL, DECLINED, ROUTED, NOT_IMPLEMENTED, NOT_RUN)}
 
     def summary(self) -> str:
         c = self.counts()
         verdict = "OK" if self.ok else "FAILED"
+        not_run = ""
+        if c[NOT_RUN]:
+            reasons = sorted({r.reason for r in self.not_run})
+            not_run = f"{c[NOT_RUN]} not run ({'; '.join(reasons)}), "
         text = (f"{self.backend} ({self.device}, {self.version}): {verdict} - {c[PASS]} passed, {c[FAIL]} failed, "
-                f"{c[DECLINED]} declined, "
+                f"{c[DECLINED]} declined, {not_run}"
                 + (f"{c[ROUTED]} routed to the CPU reference (an argument the backend does not take), "
                    if c[ROUTED] else "")
                 + f"{c[NOT_IMPLEMENTED]} op(s) not implemented (served by the CPU reference)")
@@ -228,6 +239,9 @@ def run_case(backend: Any, case: Case, reference: Any) -> CaseResult:
     kind = "error" if case.expect is not None else "value"
     if op not in backend.implemented_ops:
         return CaseResult(name, op, case.name, NOT_IMPLEMENTED, "served by the CPU reference", kind)
+    missing = missing_need(case)
+    if missing is not None:
+        return CaseResult(name, op, case.name, NOT_RUN, missing, kind)
     if not backend.strict:
         raise ValueError(f"run_case: the backend {name!r} must be strict (get_backend({name!r}, strict=True)) "
                          f"so that a fallback cannot borrow the CPU reference's answer")
@@ -265,10 +279,12 @@ def _run(backend: Any, case: Case, args: tuple, reference: Any) -> CaseResult:
     except BackendOpError as exc:
         if exc.declined:
             return CaseResult(name, op, case.name, DECLINED, exc.reason, kind)
-        if exc.reason.startswith("wrong result: "):     # the dispatcher's own check of the result
+        if exc.reason.startswith(("wrong result: ", "cross-check: ")):   # the dispatcher's own checks
             return CaseResult(name, op, case.name, FAIL, exc.reason, kind)
         return CaseResult(name, op, case.name, FAIL, f"the backend raised {exc.reason}", kind)
-    except Exception as exc:  # noqa: BLE001 - every exception is a result here
+    except BaseException as exc:  # noqa: BLE001 - every exception is a result here (SystemExit too)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         if case.expect is None:
             return CaseResult(name, op, case.name, FAIL, f"raised {_describe(exc)} on valid input", kind)
         return _check_error(backend, case, exc)
@@ -417,7 +433,7 @@ def check_case(name: str, case: Case, *, registry: Any = None) -> CaseResult:
     result = run_case(backend, case, reg.get_backend("cpu", strict=True))
     if result.status == FAIL:
         pytest.fail(f"{backend.name} {case.id}: {result.reason}", pytrace=False)
-    if result.status in (DECLINED, ROUTED, NOT_IMPLEMENTED):
+    if result.status in (DECLINED, ROUTED, NOT_IMPLEMENTED, NOT_RUN):
         pytest.skip(f"{backend.name} {case.id}: {result.status}: {result.reason}")
     return result
 

@@ -159,12 +159,16 @@ def gqa_attention(q, k, v, n_kv_heads, causal, scale=None, sliding_window=None, 
     if softcap is not None:                          # Gemma 2: after scaling, before masking
         scores = softcap * np.tanh(scores / softcap)
     vis = np.broadcast_to(visible_keys(b, sq, sk, causal, sliding_window, kv_mask), scores.shape)
-    # softmax over the visible keys only; a row that sees no key has no weights and gives zeros
-    row_max = np.max(np.where(vis, scores, -np.inf), axis=-1, keepdims=True, initial=-np.inf)
-    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
-    p = np.exp(np.where(vis, scores - row_max, -np.inf))             # exp(-inf) = 0: hidden keys
-    denom = p.sum(axis=-1, keepdims=True)
-    p = p / np.where(denom > 0, denom, 1.0)
+    # softmax over the visible keys only; a row that sees no key (the masks hide every key) has no weights
+    # and gives zeros.  A row that sees keys whose scores are all -inf (infinite inputs) is 0/0: NaN, as
+    # the formula (and transformers) give.
+    sees = vis.any(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        row_max = np.max(np.where(vis, scores, -np.inf), axis=-1, keepdims=True, initial=-np.inf)
+        row_max = np.where(sees, row_max, 0.0)
+        p = np.exp(np.where(vis, scores - row_max, -np.inf))         # exp(-inf) = 0: hidden keys
+        denom = p.sum(axis=-1, keepdims=True)
+        p = p / np.where(sees, denom, 1.0)
     return p @ v
 
 

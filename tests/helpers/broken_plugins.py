@@ -29,6 +29,13 @@ BROKEN = [
      rf"importing {MOD} failed: RuntimeError: the GPU driver crashed at import"),
     ("import-exits", plugin_source(header="import sys; sys.exit(3)"), PluginLoadError,
      rf"importing {MOD} failed: SystemExit: 3"),
+    ("import-base-exception", plugin_source(header="class GPUPanic(BaseException):\n    pass\n"
+                                                   "raise GPUPanic('the driver panicked')"), PluginLoadError,
+     rf"importing {MOD} failed: GPUPanic: the driver panicked"),
+    ("caps-exit", HOOK + "@hookimpl\ndef backend_capabilities():\n    raise SystemExit(4)\n", PluginLoadError,
+     r"backend_capabilities\(\) raised SystemExit: 4"),
+    ("caps-generator-exit", HOOK + "@hookimpl\ndef backend_capabilities():\n    raise GeneratorExit('odd')\n",
+     PluginLoadError, r"backend_capabilities\(\) raised GeneratorExit: odd"),
     ("caps-raise", plugin_source(caps_expr="RAISE"), PluginLoadError,
      r"backend_capabilities\(\) raised RuntimeError: the fake driver crashed while probing the device"),
     ("caps-list", plugin_source(caps_expr="['metal']"), PluginValidationError,

@@ -97,6 +97,19 @@ def gqa_attention(q, k, v, n_kv_heads, causal):
 def apply_rope_positions(x, positions, base):
     return kernels.apply_rope_positions(x, positions, base)
 '''),
+    "keepsdtype": ("returns the input's dtype (float16 and bfloat16 results for such input)", '''
+@hookimpl
+def silu(x):
+    return kernels.silu(x).astype(x.dtype)
+
+@hookimpl
+def rms_norm(x, weight, eps):
+    return kernels.rms_norm(x, weight, eps).astype(x.dtype)
+
+@hookimpl
+def add(a, b):
+    return kernels.add(a, b).astype(a.dtype)
+'''),
     "overflows": ("silu as x / (1 + exp(-x)): exp overflows for x < -88", '''
 @hookimpl
 def silu(x):
@@ -134,3 +147,54 @@ def write_dist(site: Path, name: str, version: str = "0.1.0") -> None:
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: sapient-backend-{name}\nVersion: {version}\n")
     (info / "entry_points.txt").write_text(f"[sapient_core.backends]\n{name} = {module}\n")
+
+
+#: What :func:`off_by` perturbs: every element by a relative ``eps`` (the NMSE is ``eps**2``), or one
+#: element by an absolute ``delta`` (the max abs error; the NMSE stays small).
+OFF_BY_SOURCE = '''
+import numpy as np
+from sapient_core import hookimpl
+from sapient_core.hookspecs import OPS
+from sapient_core.testing.tolerances import TOLERANCES
+from sapient_backend_cpu import kernels
+
+KIND, FACTOR = %r, %r
+
+@hookimpl
+def backend_capabilities():
+    return {"api_version": 2, "device": "cpu", "available": True, "thread_safe": True,
+            "description": "planted: off by %%g x the tolerance (%%s)" %% (FACTOR, KIND)}
+
+def _perturb(op, y):
+    y = np.array(y, dtype=np.float32)
+    tol = TOLERANCES[op]
+    if (tol.nmse if KIND == "nmse" else tol.max_err) == 0:   # an exact op: over is one ulp off, under is exact
+        return np.nextafter(y, np.float32(np.inf)).astype(np.float32) if FACTOR > 1 else y
+    if KIND == "nmse":                       # NMSE = eps**2 = FACTOR * tol.nmse
+        return (y * np.float32(1 + np.sqrt(FACTOR * tol.nmse))).astype(np.float32)
+    finite = np.isfinite(y)
+    scale = max(1.0, float(np.max(np.abs(y[finite])))) if finite.any() else 1.0
+    i = int(np.argmax(np.where(finite, np.abs(y), -1)))
+    y.flat[i] += np.float32(FACTOR * tol.max_err * scale)
+    return y
+
+def _op(name):
+    kernel = getattr(kernels, name)
+    args = ", ".join(OPS[name].argnames)
+    ns = {"kernel": kernel, "_perturb": _perturb}
+    exec(f"def {name}({args}):\\n    return _perturb({name!r}, kernel({args}))\\n", ns)
+    return hookimpl(ns[name])
+
+for _name in OPS:
+    globals()[_name] = _op(_name)
+'''
+
+
+def off_by(kind: str, factor: float) -> types.ModuleType:
+    """A backend whose every op is the CPU kernel with an error of ``factor`` times the kit's tolerance:
+    ``kind="nmse"`` (every element off by a relative ``sqrt(factor * nmse)``) or ``"max_err"`` (the largest
+    element off by ``factor * max_err * max(1, max |result|)``)."""
+    module = types.ModuleType(f"sapient_backend_off_{kind}_{factor:g}")
+    exec(compile(OFF_BY_SOURCE % (kind, factor), f"<planted off by {factor:g} x {kind}>", "exec"),  # noqa: S102
+         module.__dict__)
+    return module

@@ -1,10 +1,11 @@
-"""One throwaway virtualenv per test session, with sapient-core, the CPU reference and the example
-backend installed from copies of this checkout (nothing is built inside the source tree).
+"""Throwaway virtualenvs, one of each kind per test session, with sapient-core and the CPU reference installed
+from copies of this checkout (nothing is built inside the source tree).
 
 The tests that need real installs (entry points read by ``importlib.metadata``, console scripts, the
-pytest11 plugin) share it through :func:`kit_venv`, cached for the session.  Installs use
-``--no-deps --no-build-isolation`` from local copies; only numpy, pluggy, pydantic, pytest and wheel come from
-the package index (pip's cache), which keeps the whole setup around ten seconds.
+pytest11 plugin) share :func:`kit_venv` (plus the example backend, pytest and ml_dtypes); CONTRIBUTING's
+quickstart runs in :func:`bare_venv` (sapient-core alone, as the quickstart assumes).  Installs use
+``--no-deps --no-build-isolation`` from local copies; only numpy, pluggy, pydantic, pytest, ml_dtypes,
+setuptools and wheel come from the package index (pip's cache), which keeps each setup around ten seconds.
 """
 
 from __future__ import annotations
@@ -63,10 +64,8 @@ def _pip(python: str, *args: str) -> None:
         raise RuntimeError(f"pip install {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
 
 
-@functools.lru_cache(maxsize=None)
-def kit_venv() -> Venv:
-    """Create (once) and return the shared throwaway virtualenv."""
-    base = Path(tempfile.mkdtemp(prefix="sapient-kit-"))
+def _make_venv(prefix: str, *, kit: bool) -> Venv:
+    base = Path(tempfile.mkdtemp(prefix=prefix))
     atexit.register(shutil.rmtree, base, True)
     root, src = base / "venv", base / "src"
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=300)
@@ -75,17 +74,37 @@ def kit_venv() -> Venv:
         shutil.copy2(REPO / f, src / "core" / f)
     shutil.copytree(REPO / "plugins" / "cpu", src / "cpu", ignore=shutil.ignore_patterns(
         "__pycache__", "*.egg-info", "build", "dist", "tests", ".pytest_cache"))
-    shutil.copytree(EXAMPLE, src / "example", ignore=_IGNORE)
     venv = Venv(root, src)
     import numpy
     import pluggy
     import pydantic
-    import pytest
-    _pip(venv.python, f"numpy=={numpy.__version__}", f"pluggy=={pluggy.__version__}",
-         f"pydantic=={pydantic.__version__}", f"pytest=={pytest.__version__}", "wheel", "setuptools>=64")
-    _pip(venv.python, "--no-deps", "--no-build-isolation", str(src / "cpu"), str(src / "core"),
-         str(src / "example"))
+    # setuptools>=77 (the SPDX license string) for the --no-build-isolation installs below.
+    deps = [f"numpy=={numpy.__version__}", f"pluggy=={pluggy.__version__}", f"pydantic=={pydantic.__version__}",
+            "wheel", "setuptools>=77"]
+    local = [str(src / "cpu"), str(src / "core")]
+    if kit:
+        import ml_dtypes
+        import pytest
+        deps += [f"pytest=={pytest.__version__}", f"ml_dtypes=={ml_dtypes.__version__}"]
+        shutil.copytree(EXAMPLE, src / "example", ignore=_IGNORE)
+        local.append(str(src / "example"))
+    _pip(venv.python, *deps)
+    _pip(venv.python, "--no-deps", "--no-build-isolation", *local)
     return venv
+
+
+@functools.lru_cache(maxsize=None)
+def kit_venv() -> Venv:
+    """Create (once) and return the shared throwaway virtualenv: sapient-core, the CPU reference, the example
+    backend, pytest and ml_dtypes (the kit's bfloat16 cases)."""
+    return _make_venv("sapient-kit-", kit=True)
+
+
+@functools.lru_cache(maxsize=None)
+def bare_venv() -> Venv:
+    """A throwaway virtualenv with what CONTRIBUTING's quickstart says a reader has: sapient-core (and so the
+    CPU reference) installed, nothing else: no pytest, no ml_dtypes, no example backend."""
+    return _make_venv("sapient-bare-", kit=False)
 
 
 # --- CONTRIBUTING.md's quickstart ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The ``example`` backend: three ops done its own way, the rest left to the CPU reference.
 
-- ``linear_3d``: a blocked matmul (output features in blocks of :data:`BLOCK`); declines float16 input.
+- ``linear_3d``: a blocked matmul (output features in blocks of :data:`BLOCK`); declines float16 and
+  bfloat16 input.
 - ``rms_norm``: multiplies by the reciprocal square root; declines a non-contiguous ``x``.
 - ``silu``: ``x * sigmoid(x)`` from ``exp(-|x|)``, so it never overflows.
 
@@ -32,7 +33,8 @@ def backend_capabilities():
 @hookimpl
 def linear_3d(x, weight):
     if x.dtype != np.float32 or weight.dtype != np.float32:
-        raise OpDeclined("float16 input: the example's matmul is float32 only")
+        other = x.dtype if x.dtype != np.float32 else weight.dtype
+        raise OpDeclined(f"{other} input: the example's matmul is float32 only")
     b, s, n = x.shape
     rows = x.reshape(b * s, n)
     out = np.empty((b * s, weight.shape[0]), np.float32)

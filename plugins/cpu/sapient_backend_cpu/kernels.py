@@ -456,12 +456,16 @@ def gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, k
         scores *= _f32c(softcap * _LOG2E)
     s5 = scores.reshape(b, kv, g, sq, skw)           # a view: the group's query heads on axis 2
     bias = _mask_bias(sq, sk, first_key, bool(causal), window)
-    if bias is not None:
-        s5 += bias
-    maybe_empty = kv_mask is not None
-    if maybe_empty:
-        kv_bias = np.where(np.asarray(kv_mask, dtype=bool), np.float32(0.0), np.float32(-np.inf))
-        s5 += kv_bias.astype(np.float32).reshape(b, 1, 1, 1, skw)
+    hidden = None if bias is None else np.isneginf(bias)                          # (Sq, Skw)
+    if kv_mask is not None:
+        padding = ~np.asarray(kv_mask, dtype=bool).reshape(b, 1, skw)             # (B, 1, Skw)
+        hidden = padding if hidden is None else hidden | padding                   # (B, Sq, Skw)
+    if hidden is not None:
+        # Masked scores become -inf whatever they were: a NaN or an infinity in a key a query cannot see
+        # must not reach it (adding a -inf bias would keep NaN + -inf = NaN).
+        where = hidden.reshape(b, 1, 1, hidden.shape[1], skw) if hidden.ndim == 3 else hidden
+        np.copyto(s5, np.float32(-np.inf), where=where)
+    maybe_empty = hidden is not None and kv_mask is not None
     row_max = scores.max(axis=-1, keepdims=True)
     if maybe_empty:
         row_max[row_max == -np.inf] = 0.0            # a row that sees no key: exp2(-inf - 0) = 0 below

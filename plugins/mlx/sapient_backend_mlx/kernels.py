@@ -219,8 +219,10 @@ def evaluation_stats() -> dict[str, int]:
 def _host(x) -> np.ndarray:
     """``x`` as a NumPy array MLX can read (a copy only for negative strides)."""
     a = np.asarray(x)
-    if not a.flags.c_contiguous and min(a.strides, default=0) < 0:
-        a = np.ascontiguousarray(a)      # np.flip / x[..., ::-1]: DLPack refuses negative strides
+    # np.flip / x[..., ::-1]: DLPack refuses any negative stride, even on an axis of size 1, where NumPy
+    # still calls the array contiguous (so the flag alone is not enough).
+    if min(a.strides, default=0) < 0:
+        a = a.copy(order="C")               # (np.ascontiguousarray would return such an array as it is)
     return a
 
 

@@ -94,7 +94,10 @@ def test_ops_use_the_plugin_stream_whatever_the_callers_default_stream(mlx, rng)
 
     def work():
         mx.set_default_stream(mx.new_stream(mx.cpu))   # the caller's own stream, unusable elsewhere
-        return mlx.gqa_attention(mlx.linear_3d(x, w).reshape(1, 1, 2, 4), mlx.from_numpy(np.ones((1, 1, 3, 4),
+        # Every step through the backend (its layout methods too): an mx op the caller runs itself would be
+        # on the caller's stream, which dies with its thread (only a first-use check would evaluate it in
+        # time, so whether it showed depended on which tests ran before).
+        return mlx.gqa_attention(mlx.reshape(mlx.linear_3d(x, w), (1, 1, 2, 4)), mlx.from_numpy(np.ones((1, 1, 3, 4),
                                  np.float32)), np.ones((1, 1, 3, 4), np.float32), 1, True)
     y = in_thread(work)
     assert mlx.to_numpy(y).shape == (1, 1, 2, 4)
