@@ -18,7 +18,8 @@ before anything is counted), count the call, then
 - ``route.divert`` set (an implementation built for an earlier hook API, cross-check mode ...): hand
   the call to the backend's general path, :meth:`Backend._divert`;
 - otherwise call the plugin's implementation (under the plugin's lock when it is not thread-safe);
-  an exception goes to the fallback; the result's type, dtype and shape are checked (a NumPy array or
+  an exception goes to the fallback (any ``BaseException``: a plugin's ``SystemExit`` is its fault, while
+  a ``KeyboardInterrupt`` is re-raised as it is); the result's type, dtype and shape are checked (a NumPy array or
   the backend's own type, float32, the shape ``OpSpec.result_shape`` gives), and a wrong one also
   goes to the fallback (strict mode: an error).
 """
@@ -123,7 +124,7 @@ def _method(spec: OpSpec) -> list[str]:
         lines += ["                    if y.__class__ is not _ndarray:", "                        y = r.to_numpy(y)"]
     kind = "y.__class__ is _ndarray" if spec.numpy_result else "(y.__class__ is _ndarray or y.__class__ is r.array_type)"
     lines += [
-        "        except Exception as exc:",
+        "        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)",
         f"            return r.failed(exc, {args})",
         f"        if {kind} and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == {spec.result_shape}:",
         "            return y",

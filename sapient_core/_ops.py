@@ -87,7 +87,7 @@ class OpMethods:
             else:
                 with r.lock:
                     y = r.impl(x, weight)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (x, weight))
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == (x.shape[0], x.shape[1], weight.shape[0]):
             return y
@@ -114,7 +114,7 @@ class OpMethods:
             else:
                 with r.lock:
                     y = r.impl(x, weight, bias)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (x, weight, bias))
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == (x.shape[0], x.shape[1], weight.shape[0]):
             return y
@@ -141,7 +141,7 @@ class OpMethods:
             else:
                 with r.lock:
                     y = r.impl(x, weight, eps)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (x, weight, eps))
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == x.shape:
             return y
@@ -169,7 +169,7 @@ class OpMethods:
             else:
                 with r.lock:
                     y = r.impl(x, weight, bias, eps)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (x, weight, bias, eps))
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == x.shape:
             return y
@@ -194,7 +194,7 @@ class OpMethods:
             else:
                 with r.lock:
                     y = r.impl(x)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (x,))
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == x.shape:
             return y
@@ -223,7 +223,7 @@ class OpMethods:
             else:
                 with r.lock:
                     y = r.impl(x, approximate)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (x, approximate))
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == x.shape:
             return y
@@ -249,7 +249,7 @@ class OpMethods:
             else:
                 with r.lock:
                     y = r.impl(a, b)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (a, b))
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == _broadcast(a.shape, b.shape):
             return y
@@ -275,7 +275,7 @@ class OpMethods:
             else:
                 with r.lock:
                     y = r.impl(a, b)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (a, b))
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == _broadcast(a.shape, b.shape):
             return y
@@ -308,7 +308,7 @@ class OpMethods:
             else:
                 with r.lock:
                     y = r.impl(x, positions, base)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (x, positions, base))
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == x.shape:
             return y
@@ -338,7 +338,7 @@ class OpMethods:
             else:
                 with r.lock:
                     y = r.impl(x, positions, base, rotary_dim)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (x, positions, base, rotary_dim))
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == x.shape:
             return y
@@ -379,7 +379,7 @@ class OpMethods:
             else:
                 with r.lock:
                     y = r.impl(x, positions, inv_freq, attention_scaling)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (x, positions, inv_freq, attention_scaling))
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == x.shape:
             return y
@@ -432,7 +432,7 @@ class OpMethods:
             else:
                 with r.lock:
                     y = r.impl(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask))
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == q.shape:
             return y
@@ -469,7 +469,7 @@ class OpMethods:
                     y = r.impl(hidden, lm_head, softcap)
                     if y.__class__ is not _ndarray:
                         y = r.to_numpy(y)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (hidden, lm_head, softcap))
         if y.__class__ is _ndarray and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == (hidden.shape[0], lm_head.shape[0]):
             return y
@@ -505,7 +505,7 @@ class OpMethods:
                     y = r.impl(hidden, lm_head, softcap)
                     if y.__class__ is not _ndarray:
                         y = r.to_numpy(y)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (hidden, lm_head, softcap))
         if y.__class__ is _ndarray and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == (hidden.shape[0], hidden.shape[1], lm_head.shape[0]):
             return y
@@ -535,7 +535,7 @@ class OpMethods:
             else:
                 with r.lock:
                     y = r.impl(ids, table)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's SystemExit is its fault too (Ctrl-C is re-raised)
             return r.failed(exc, (ids, table))
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == (ids.shape[0], ids.shape[1], table.shape[1]):
             return y

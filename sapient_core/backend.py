@@ -339,6 +339,8 @@ class Backend(OpMethods):
     def _fallback(self, spec: OpSpec, ref_impl: Callable[..., Any], args: tuple, exc: BaseException | None,
                   reason: str | None = None) -> Any:
         """The plugin failed this call (``exc``, or a wrong result described by ``reason``)."""
+        if exc is not None and is_interrupt(exc):
+            raise exc                                  # Ctrl-C is the user's, not the plugin's
         declined = isinstance(exc, OpDeclined)
         if reason is None:
             reason = exc.reason if isinstance(exc, OpDeclined) else f"{type(exc).__name__}: {exc}"
@@ -430,7 +432,7 @@ class Backend(OpMethods):
                     y = route.impl(*args)
                     if spec.numpy_result and y.__class__ is not _ndarray:
                         y = self._to_numpy_unlocked(y)
-        except Exception as exc:
+        except BaseException as exc:  # as the op methods: a plugin's SystemExit is its fault
             return route.failed(exc, args)  # type: ignore[misc]
         return route.bad_result(y, args)  # type: ignore[misc]
 

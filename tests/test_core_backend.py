@@ -705,3 +705,26 @@ def test_a_fallback_that_cannot_read_its_inputs_says_both_errors():
         b.silu(Boxed(valid_args("silu")[0]))
     assert isinstance(exc.value.__cause__, RuntimeError) and exc.value.op == "silu"
     assert b.stats().ops["silu"].fallbacks == 1
+
+
+@pytest.mark.parametrize("raised, strict", [(SystemExit(3), False), (SystemExit(3), True), (GeneratorExit(), False)])
+def test_an_op_that_raises_a_base_exception_is_the_plugins_failure(raised, strict):
+    def silu(x):
+        raise raised
+    b = backend_of(namespace_plugin(caps_dict(), silu=op_function("silu", silu)), name="exits", strict=strict)
+    x = valid_args("silu")[0]
+    if strict:
+        with pytest.raises(BackendOpError, match=r"^exits\.silu failed \(SystemExit: 3\) and strict mode is on"):
+            b.silu(x)
+    else:
+        assert_same(b.silu(x), kernels.silu(x))
+        assert b.stats().ops["silu"].fallbacks == 1
+
+
+def test_ctrl_c_in_an_op_reaches_the_user_and_is_not_a_fallback():
+    def silu(x):
+        raise KeyboardInterrupt
+    b = backend_of(namespace_plugin(caps_dict(), silu=op_function("silu", silu)))
+    with pytest.raises(KeyboardInterrupt):
+        b.silu(valid_args("silu")[0])
+    assert b.stats().ops["silu"].fallbacks == 0
