@@ -1,7 +1,13 @@
-"""float64 oracles, written straight from the formulas of the contract (SPEC §4).
+"""float64 oracles, written straight from the formulas of the contract (SPEC §4 and the v2 additions
+of §8).
 
 Each function takes NumPy-convertible arrays, computes in float64 with the most literal NumPy
-expression of the formula (no tricks, no fusion), and returns float64.  They are slow and exact on
+expression of the formula (no tricks, no fusion), and returns float64.  The v2 arguments
+(``scale``, ``sliding_window``, ``softcap``, ``kv_mask``; ``positions`` of shape [B, S]) have defaults
+that give exactly the v1 behaviour, so v1 callers are unaffected.  The semantics are Hugging Face
+transformers': rotate-half RoPE (``LlamaRotaryEmbedding`` / ``apply_rotary_pos_emb``), scores scaled,
+then soft-capped (Gemma 2 ``attn_logit_softcapping``), then masked (``masking_utils``: causal, sliding
+window ``p - W < j <= p``, padding); a query row with no visible key gives zeros.  They are slow and exact on
 purpose: they are what every backend, the CPU reference included, is measured against.
 :class:`OracleBackend` offers them as methods, so the same model code can run on a backend and on the
 oracle.
@@ -15,8 +21,8 @@ import numpy as np
 
 __all__ = [
     "linear_3d", "linear_3d_bias", "rms_norm", "layer_norm", "silu", "gelu", "add", "mul",
-    "apply_rope_positions", "apply_rope_partial", "gqa_attention", "logits_from_hidden",
-    "all_logits_from_hidden", "OracleBackend",
+    "apply_rope_positions", "apply_rope_partial", "apply_rope", "gqa_attention", "logits_from_hidden",
+    "all_logits_from_hidden", "embedding", "rope_inv_freq", "visible_keys", "OracleBackend",
 ]
 
 
@@ -86,46 +92,100 @@ def _rotate_half(x):
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def apply_rope_partial(x, positions, base, rotary_dim):
+def rope_inv_freq(base, rotary_dim):
+    """``base ** (-2i / rotary_dim)`` for i < rotary_dim / 2, float64 (the default RoPE frequencies)."""
+    return float(base) ** (-np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim)
+
+
+def apply_rope(x, positions, inv_freq, attention_scaling=1.0):
+    """Rotate-half RoPE over the first R = 2 len(inv_freq) channels of x [B, H, S, D], the rest unchanged.
+
+    ``positions`` [S] (every batch row) or [B, S] (one row of positions per batch row);
+    angle = position * inv_freq; cos and sin are multiplied by ``attention_scaling``.
+    """
     x = _f64(x)
-    inv_freq = float(base) ** (-np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim)
-    freqs = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
-    emb = np.concatenate([freqs, freqs], axis=-1)                    # (S, rotary_dim)
+    inv_freq = np.asarray(inv_freq, dtype=np.float64).reshape(-1)
+    rotary_dim = 2 * inv_freq.size
+    pos = np.asarray(positions, dtype=np.float64)
+    freqs = pos[..., :, None] * inv_freq                             # ([B,] S, R/2)
+    emb = np.concatenate([freqs, freqs], axis=-1)                    # ([B,] S, R)
+    cos = np.cos(emb) * float(attention_scaling)
+    sin = np.sin(emb) * float(attention_scaling)
+    if pos.ndim == 2:                                                # (B, S, R) -> (B, 1, S, R): every head
+        cos, sin = cos[:, None], sin[:, None]
     rot = x[..., :rotary_dim]
-    rot = rot * np.cos(emb) + _rotate_half(rot) * np.sin(emb)
+    rot = rot * cos + _rotate_half(rot) * sin
     return np.concatenate([rot, x[..., rotary_dim:]], axis=-1)
+
+
+def apply_rope_partial(x, positions, base, rotary_dim):
+    return apply_rope(x, positions, rope_inv_freq(base, rotary_dim), 1.0)
 
 
 def apply_rope_positions(x, positions, base):
     return apply_rope_partial(x, positions, base, np.shape(x)[-1])
 
 
-def gqa_attention(q, k, v, n_kv_heads, causal):
+def visible_keys(b, sq, sk, causal, sliding_window=None, kv_mask=None):
+    """Bool (B, 1, Sq, Sk): whether query i may attend to key j (broadcast over heads).
+
+    Causal: the query's absolute position is p = i + (Sk - Sq) (the KV-cache offset) and it sees keys
+    j <= p; a sliding window W also requires j > p - W; ``kv_mask[b, j]`` False hides key j of batch
+    row b (padding).
+    """
+    i = np.arange(sq)[:, None]
+    j = np.arange(sk)[None, :]
+    p = i + (sk - sq)
+    vis = np.ones((sq, sk), dtype=bool)
+    if causal:
+        vis &= j <= p
+        if sliding_window is not None:
+            vis &= j > p - sliding_window
+    vis = np.broadcast_to(vis, (b, 1, sq, sk))
+    if kv_mask is not None:
+        vis = vis & np.asarray(kv_mask, dtype=bool)[:, None, None, :]
+    return vis
+
+
+def gqa_attention(q, k, v, n_kv_heads, causal, scale=None, sliding_window=None, softcap=None, kv_mask=None):
     q, k, v = _f64(q), _f64(k), _f64(v)
     b, h, sq, d = q.shape
     sk = k.shape[2]
     group = h // n_kv_heads
     k = np.repeat(k, group, axis=1)                  # Hugging Face repeat_kv: head j -> j*group ...
     v = np.repeat(v, group, axis=1)
-    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)
-    if causal:
-        i = np.arange(sq)[:, None]
-        j = np.arange(sk)[None, :]
-        scores = np.where(j <= i + (sk - sq), scores, -np.inf)
-    if scores.size == 0:
-        return np.zeros((b, h, sq, d))
-    scores = scores - scores.max(axis=-1, keepdims=True)
-    p = np.exp(scores)
-    p = p / p.sum(axis=-1, keepdims=True)
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    scores = (q @ k.transpose(0, 1, 3, 2)) * scale
+    if softcap is not None:                          # Gemma 2: after scaling, before masking
+        scores = softcap * np.tanh(scores / softcap)
+    vis = np.broadcast_to(visible_keys(b, sq, sk, causal, sliding_window, kv_mask), scores.shape)
+    # softmax over the visible keys only; a row that sees no key has no weights and gives zeros
+    row_max = np.max(np.where(vis, scores, -np.inf), axis=-1, keepdims=True, initial=-np.inf)
+    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
+    p = np.exp(np.where(vis, scores - row_max, -np.inf))             # exp(-inf) = 0: hidden keys
+    denom = p.sum(axis=-1, keepdims=True)
+    p = p / np.where(denom > 0, denom, 1.0)
     return p @ v
 
 
-def logits_from_hidden(hidden, lm_head):
-    return _f64(hidden)[:, -1, :] @ _f64(lm_head).T
+def _softcap(logits, softcap):
+    return logits if softcap is None else softcap * np.tanh(logits / softcap)
 
 
-def all_logits_from_hidden(hidden, lm_head):
-    return _f64(hidden) @ _f64(lm_head).T
+def logits_from_hidden(hidden, lm_head, softcap=None):
+    hidden = _f64(hidden)
+    if hidden.shape[1] == 0:                         # B = 0 (validation refuses S = 0 with B > 0)
+        return np.zeros((hidden.shape[0], np.shape(lm_head)[0]))
+    return _softcap(hidden[:, -1, :] @ _f64(lm_head).T, softcap)
+
+
+def all_logits_from_hidden(hidden, lm_head, softcap=None):
+    return _softcap(_f64(hidden) @ _f64(lm_head).T, softcap)
+
+
+def embedding(ids, table):
+    """Row ``ids[b, s]`` of ``table`` for every id: [B, S] integer, [V, D] -> [B, S, D]."""
+    return _f64(table)[np.asarray(ids, dtype=np.int64)]
 
 
 class OracleBackend:
@@ -144,9 +204,11 @@ class OracleBackend:
     mul = staticmethod(mul)
     apply_rope_positions = staticmethod(apply_rope_positions)
     apply_rope_partial = staticmethod(apply_rope_partial)
+    apply_rope = staticmethod(apply_rope)
     gqa_attention = staticmethod(gqa_attention)
     logits_from_hidden = staticmethod(logits_from_hidden)
     all_logits_from_hidden = staticmethod(all_logits_from_hidden)
+    embedding = staticmethod(embedding)
 
     @staticmethod
     def to_numpy(x):

@@ -36,8 +36,8 @@ import numpy as np
 
 __all__ = [
     "linear_3d", "linear_3d_bias", "rms_norm", "layer_norm", "silu", "gelu", "add", "mul",
-    "apply_rope_positions", "apply_rope_partial", "gqa_attention", "logits_from_hidden",
-    "all_logits_from_hidden", "erf", "erfc",
+    "apply_rope_positions", "apply_rope_partial", "apply_rope", "gqa_attention", "logits_from_hidden",
+    "all_logits_from_hidden", "embedding", "erf", "erfc",
 ]
 
 _F32 = np.dtype(np.float32)
@@ -318,51 +318,67 @@ def mul(a, b):
 # --- rope --------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=64)
-def _inv_freq(base, rotary_dim):
+def _default_inv_freq(base, rotary_dim):
     """base ** (-2i / rotary_dim), i = 0 .. rotary_dim/2 - 1, float64 (read-only, cached)."""
     inv = float(base) ** (-(np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim))
     inv.setflags(write=False)
     return inv
 
 
-def _rope_tables_uncached(positions, base, rotary_dim):
-    angles = np.multiply.outer(positions.astype(np.float64), _inv_freq(base, rotary_dim))   # (S, half)
-    cos = np.cos(angles).astype(np.float32)
-    sin = np.sin(angles).astype(np.float32)
-    cos2 = np.concatenate([cos, cos], axis=-1)       # (S, rotary_dim): cos over both halves
-    sin2 = np.stack([-sin, sin], axis=-2)            # (S, 2, half): the sign of rotate_half folded in
+def _rope_tables_uncached(positions, inv_freq, scaling):
+    """float32 (cos2, sin2) for int64 ``positions`` ([S] or [B, S]) and float64 ``inv_freq`` [R/2].
+
+    cos2 is ([B, 1,] S, R): cos over both halves; sin2 is ([B, 1,] S, 2, R/2) with the sign of
+    rotate_half folded in ([-sin, sin]); the [B, S] tables carry a head axis of 1 so that they
+    broadcast against x [B, H, S, D].  Angles and the scaling are applied in float64, rounded once.
+    """
+    angles = np.multiply.outer(positions.astype(np.float64), inv_freq)            # (..., S, R/2)
+    cos = np.cos(angles)
+    sin = np.sin(angles)
+    if scaling != 1.0:
+        cos *= scaling
+        sin *= scaling
+    cos = cos.astype(np.float32)
+    sin = sin.astype(np.float32)
+    cos2 = np.concatenate([cos, cos], axis=-1)
+    sin2 = np.stack([-sin, sin], axis=-2)
+    if positions.ndim == 2:
+        cos2, sin2 = cos2[:, None], sin2[:, None]
     cos2.setflags(write=False)
     sin2.setflags(write=False)
     return cos2, sin2
 
 
-@functools.lru_cache(maxsize=16)
-def _rope_tables_cached(position_bytes, base, rotary_dim):
-    return _rope_tables_uncached(np.frombuffer(position_bytes, np.int64), base, rotary_dim)
+@functools.lru_cache(maxsize=32)
+def _rope_tables_cached(position_bytes, position_shape, inv_bytes, scaling):
+    positions = np.frombuffer(position_bytes, np.int64).reshape(position_shape)
+    return _rope_tables_uncached(positions, np.frombuffer(inv_bytes, np.float64), scaling)
 
 
-def _rope_tables(positions, base, rotary_dim):
-    """float32 cos/sin tables for these positions.  The q and k of every layer of one forward pass use
-    the same positions, so tables up to 1 Mi entries are cached (keyed on the positions' bytes): the
-    float64 cos/sin of a 128-token prefill cost more than the rotation itself."""
+def _rope_tables(positions, inv_freq, scaling):
+    """float32 cos/sin tables for these positions and frequencies.  The q and k of every layer of one
+    forward pass use the same ones, so tables up to 1 Mi entries are cached, keyed on the bytes of the
+    positions and of inv_freq (the float64 cos/sin of a 128-token prefill cost more than the rotation)."""
     positions = np.asarray(positions).astype(np.int64, copy=False)
-    if positions.size * rotary_dim <= 1 << 20:
-        return _rope_tables_cached(positions.tobytes(), float(base), rotary_dim)
-    return _rope_tables_uncached(positions, float(base), rotary_dim)
+    if positions.size * inv_freq.size <= 1 << 19:
+        return _rope_tables_cached(positions.tobytes(), positions.shape, inv_freq.tobytes(), scaling)
+    return _rope_tables_uncached(positions, inv_freq, scaling)
 
 
-def _rope(x, positions, base, rotary_dim):
-    # out = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1] (Hugging Face / NeoX layout).
+def _rope(x, positions, inv_freq, scaling):
+    # out = x * cos + rotate_half(x) * sin over the first R = 2 len(inv_freq) channels, with
+    # rotate_half(x) = [-x2, x1] (Hugging Face / NeoX layout); channels R.. are copied.
     x = _f32(x)
     d = x.shape[-1]
-    half = rotary_dim // 2
-    cos2, sin2 = _rope_tables(positions, base, rotary_dim)
+    half = inv_freq.size
+    rotary_dim = 2 * half
+    cos2, sin2 = _rope_tables(positions, inv_freq, scaling)
     xr = x[..., :rotary_dim]
-    pairs = xr.reshape(x.shape[:-1] + (2, half))     # a view: (x1, x2) along axis -2
+    pairs = xr.reshape(x.shape[:-1] + (2, half))     # a view when x is contiguous: (x1, x2) on axis -2
     # [x2, x1] * [-sin, sin] in one pass over the swapped view (no concatenated copy of x)
     rotated = np.multiply(pairs[..., ::-1, :], sin2).reshape(xr.shape)
     if rotary_dim == d:
-        out = np.multiply(x, cos2)                   # full-width, contiguous: the fast path
+        out = np.multiply(x, cos2)                   # full-width: the fast path
         out += rotated
         return out
     out = np.empty(x.shape, np.float32)
@@ -373,57 +389,120 @@ def _rope(x, positions, base, rotary_dim):
     return out
 
 
+def apply_rope(x, positions, inv_freq, attention_scaling):
+    """RoPE with given frequencies (YaRN, longrope, llama3 ...): angle = position * inv_freq (float64),
+    cos and sin multiplied by ``attention_scaling``; R = 2 len(inv_freq) <= D channels rotated."""
+    inv = np.asarray(inv_freq, dtype=np.float64).reshape(-1)
+    return _rope(x, positions, inv, float(attention_scaling))
+
+
 def apply_rope_positions(x, positions, base):
-    return _rope(x, positions, base, x.shape[-1])
+    return _rope(x, positions, _default_inv_freq(float(base), x.shape[-1]), 1.0)
 
 
 def apply_rope_partial(x, positions, base, rotary_dim):
-    return _rope(x, positions, base, int(rotary_dim))
+    return _rope(x, positions, _default_inv_freq(float(base), int(rotary_dim)), 1.0)
 
 
 # --- attention ---------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=32)
-def _causal_bias(sq, sk):
-    """(Sq, Sk) float32: 0 where query i may see key j (j <= i + Sk - Sq), -inf elsewhere."""
+@functools.lru_cache(maxsize=64)
+def _mask_bias(sq, sk, first_key, causal, window):
+    """(Sq, Sk - first_key) float32: 0 where query i (absolute position p = i + Sk - Sq) may see key
+    first_key + j, -inf elsewhere; None when every key is visible."""
+    if not causal:
+        return None
     i = np.arange(sq)[:, None]
-    j = np.arange(sk)[None, :]
-    bias = np.where(j <= i + (sk - sq), np.float32(0.0), np.float32(-np.inf)).astype(np.float32)
+    j = np.arange(first_key, sk)[None, :]
+    p = i + (sk - sq)
+    visible = j <= p
+    if window is not None:
+        visible &= j > p - window
+    if visible.all():
+        return None
+    bias = np.where(visible, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)
     bias.setflags(write=False)
     return bias
 
 
-def gqa_attention(q, k, v, n_kv_heads, causal):
+def gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask):
     q = _f32(q)
     k = _f32(k)
     v = _f32(v)
     b, h, sq, d = q.shape
     kv, sk = k.shape[1], k.shape[2]
-    if q.size == 0:
+    if q.size == 0 or sk == 0:
         return np.zeros((b, h, sq, d), np.float32)
     g = h // kv
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    window = None if sliding_window is None or not causal else int(sliding_window)
+    # Keys before the first query's window never get weight: drop them (a decode step with a
+    # 4096-window over a longer cache reads only the window).
+    first_key = max(0, sk - sq - window + 1) if window is not None else 0
+    if first_key:
+        k, v = k[:, :, first_key:], v[:, :, first_key:]
+        if kv_mask is not None:
+            kv_mask = kv_mask[:, first_key:]
+    skw = sk - first_key
     # Query heads j*g ... (j+1)*g-1 share KV head j (Hugging Face repeat_kv order), so (B, H, Sq, d)
     # viewed as (B, KV, g*Sq, d) puts each group in the rows of one matmul against its K and V: no
-    # repeated K/V.  The 1/sqrt(d) scale and log2(e) (the softmax uses exp2) go into this copy of q.
-    qg = np.multiply(q.reshape(b, kv, g * sq, d), _f32c(_LOG2E / math.sqrt(d)))
-    scores = np.matmul(qg, k.transpose(0, 1, 3, 2))  # (B, KV, g*Sq, Sk), in log2 units
-    if causal and sq > 1:
-        scores.reshape(b, kv, g, sq, sk)[...] += _causal_bias(sq, sk)   # every row keeps >= 1 key
-    scores -= scores.max(axis=-1, keepdims=True)
+    # repeated K/V.  The scale and log2(e) (the softmax uses exp2) go into this copy of q; with a
+    # softcap c, q carries scale / c, tanh runs on the scores and c log2(e) multiplies them after.
+    fold = scale / softcap if softcap is not None else scale * _LOG2E
+    qg = np.multiply(q.reshape(b, kv, g * sq, d), _f32c(fold))
+    scores = np.matmul(qg, k.transpose(0, 1, 3, 2))  # (B, KV, g*Sq, Skw), in log2 units
+    if softcap is not None:
+        np.tanh(scores, out=scores)
+        scores *= _f32c(softcap * _LOG2E)
+    s5 = scores.reshape(b, kv, g, sq, skw)           # a view: the group's query heads on axis 2
+    bias = _mask_bias(sq, sk, first_key, bool(causal), window)
+    if bias is not None:
+        s5 += bias
+    maybe_empty = kv_mask is not None
+    if maybe_empty:
+        kv_bias = np.where(np.asarray(kv_mask, dtype=bool), np.float32(0.0), np.float32(-np.inf))
+        s5 += kv_bias.astype(np.float32).reshape(b, 1, 1, 1, skw)
+    row_max = scores.max(axis=-1, keepdims=True)
+    if maybe_empty:
+        row_max[row_max == -np.inf] = 0.0            # a row that sees no key: exp2(-inf - 0) = 0 below
+    scores -= row_max
     np.exp2(scores, out=scores)
     denom = scores.sum(axis=-1, keepdims=True)
     out = np.matmul(scores, v)                       # (B, KV, g*Sq, d)
+    if maybe_empty:
+        denom[denom == 0.0] = 1.0                    # ... and its output 0 / 1 = 0, never 0 / 0
     out /= denom
     return out.reshape(b, h, sq, d)
 
 
 # --- logits ------------------------------------------------------------------------------------------
 
-def logits_from_hidden(hidden, lm_head):
+def _softcap_logits(logits, softcap):
+    """``logits <- c tanh(logits / c)`` in place (Gemma 2's final_logit_softcapping)."""
+    if softcap is not None:
+        c = _f32c(softcap)
+        logits /= c
+        np.tanh(logits, out=logits)
+        logits *= c
+    return logits
+
+
+def logits_from_hidden(hidden, lm_head, softcap):
     hidden = _f32(hidden)
     w = _f32(lm_head)
-    return np.dot(hidden[:, -1, :], w.T)
+    if hidden.shape[1] == 0:                         # B = 0 (the core refuses S = 0 for B > 0)
+        return np.zeros((hidden.shape[0], w.shape[0]), np.float32)
+    return _softcap_logits(np.dot(hidden[:, -1, :], w.T), softcap)
 
 
-def all_logits_from_hidden(hidden, lm_head):
-    return linear_3d(hidden, lm_head)
+def all_logits_from_hidden(hidden, lm_head, softcap):
+    return _softcap_logits(linear_3d(hidden, lm_head), softcap)
+
+
+# --- embedding ---------------------------------------------------------------------------------------
+
+def embedding(ids, table):
+    """Row ``ids[b, s]`` of ``table`` (ids already range-checked by the core); only the gathered rows
+    are converted to float32, never the whole table."""
+    rows = np.take(table, ids, axis=0)
+    return rows if rows.dtype is _F32 else rows.astype(np.float32)

@@ -43,6 +43,29 @@ add = hookimpl(kernels.add)
 mul = hookimpl(kernels.mul)
 apply_rope_positions = hookimpl(kernels.apply_rope_positions)
 apply_rope_partial = hookimpl(kernels.apply_rope_partial)
-gqa_attention = hookimpl(kernels.gqa_attention)
-logits_from_hidden = hookimpl(kernels.logits_from_hidden)
-all_logits_from_hidden = hookimpl(kernels.all_logits_from_hidden)
+
+
+# Contract v2 (SPEC §8) grows three of the ops by trailing arguments, and adds ``apply_rope`` and
+# ``embedding``.  The kernels already have the v2 signatures; until the core's hookspecs are v2 (it
+# refuses hook implementations with unknown names or arguments), these v1 hooks pass the v1
+# behaviour's values (None: no scale override, window, softcap or padding mask), and the two new
+# kernels are not marked.  When the v2 hookspecs land, replace the three wrappers by
+#     gqa_attention = hookimpl(kernels.gqa_attention)
+#     logits_from_hidden = hookimpl(kernels.logits_from_hidden)
+#     all_logits_from_hidden = hookimpl(kernels.all_logits_from_hidden)
+#     apply_rope = hookimpl(kernels.apply_rope)
+#     embedding = hookimpl(kernels.embedding)
+
+@hookimpl
+def gqa_attention(q, k, v, n_kv_heads, causal):
+    return kernels.gqa_attention(q, k, v, n_kv_heads, causal, None, None, None, None)
+
+
+@hookimpl
+def logits_from_hidden(hidden, lm_head):
+    return kernels.logits_from_hidden(hidden, lm_head, None)
+
+
+@hookimpl
+def all_logits_from_hidden(hidden, lm_head):
+    return kernels.all_logits_from_hidden(hidden, lm_head, None)

@@ -35,22 +35,28 @@ def dot_bound(x, w, bias=None):
     return bound
 
 
-def attention_bound(q, k, v, n_kv_heads):
+def attention_bound(q, k, v, n_kv_heads, scale=None, softcap=None):
     """Per output row: max|v| * (2 * ds + 8 sqrt(Sk) U + 8 U), ds the bound on the score errors.
 
-    ds = 4 sqrt(d) U max_j sum_i |q_i k_ji| / sqrt(d) (a d-long dot product, scaled; plus one rounding
+    ds = 4 sqrt(d) U max_j scale * sum_i |q_i k_ji| (a d-long dot product, scaled; plus one rounding
     of the scale); a score error ds changes each softmax weight by at most a factor exp(2 ds) and the
     output is a convex combination of the rows of v; p @ v adds a Sk-long sum of positive weights.
+    With a softcap c, scores = c tanh(s / c): tanh' <= 1 passes ds on unchanged, and the division,
+    tanh (<= 4 ulp) and the multiplication by c add at most 12 U c.  Masked keys only remove terms, so
+    the bound over all keys covers every mask.
     """
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
     b, h, sq, d = q.shape
+    scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
     g = h // n_kv_heads
     kr = np.repeat(np.abs(k), g, axis=1)
     vr = np.repeat(np.abs(v), g, axis=1)
     sk = k.shape[2]
-    sabs = (np.abs(q) @ kr.transpose(0, 1, 3, 2)) / np.sqrt(d)          # (b, h, sq, sk)
-    ds = 4 * np.sqrt(d) * U * sabs.max(axis=-1, keepdims=True) + 2 * U * sabs.max(axis=-1, keepdims=True)
-    vmax = vr.max(axis=(2, 3))[:, :, None, None]
+    sabs = (np.abs(q) @ kr.transpose(0, 1, 3, 2)) * scale               # (b, h, sq, sk)
+    ds = (4 * np.sqrt(d) + 2) * U * sabs.max(axis=-1, keepdims=True, initial=0.0)
+    if softcap is not None:
+        ds = ds + 12 * U * softcap
+    vmax = vr.max(axis=(2, 3), initial=0.0)[:, :, None, None]
     return vmax * (2 * ds + 8 * np.sqrt(sk) * U + 8 * U)
 
 

@@ -76,3 +76,65 @@ def test_linear_and_logits_hand_computed():
     h = np.array([[[1.0, 0.0], [1.0, 2.0]]])
     np.testing.assert_array_equal(oracle.logits_from_hidden(h, w), [[1.0, 2.0, 3.0]])
     np.testing.assert_array_equal(oracle.all_logits_from_hidden(h, w)[0, 0], [1.0, 0.0, 1.0])
+
+
+# --- contract v2 (SPEC §8) ---------------------------------------------------------------------------
+
+def test_visible_keys_window_offset_and_padding_by_hand():
+    # Sq = 2, Sk = 5, W = 2: query 0 is at p = 3 (sees keys 2, 3), query 1 at p = 4 (keys 3, 4)
+    vis = oracle.visible_keys(1, 2, 5, True, 2)[0, 0]
+    np.testing.assert_array_equal(vis, [[0, 0, 1, 1, 0], [0, 0, 0, 1, 1]])
+    # W = 1: only the key at the query's own position; W >= Sk: plain causal
+    np.testing.assert_array_equal(oracle.visible_keys(1, 3, 3, True, 1)[0, 0], np.eye(3, dtype=bool))
+    np.testing.assert_array_equal(oracle.visible_keys(1, 3, 3, True, 9)[0, 0], np.tril(np.ones((3, 3), bool)))
+    # padding hides keys per batch row
+    vis = oracle.visible_keys(2, 1, 3, True, None, np.array([[True, True, True], [False, True, False]]))
+    np.testing.assert_array_equal(vis[:, 0, 0], [[1, 1, 1], [0, 1, 0]])
+
+
+def test_attention_scale_softcap_by_hand():
+    # one query, two keys with q.k = 4 and 0; values 1 and 0: the output is the weight of key 0
+    q = np.array([2.0, 0.0]).reshape(1, 1, 1, 2)
+    k = np.array([[2.0, 0.0], [0.0, 3.0]]).reshape(1, 1, 2, 2)
+    v = np.array([[1.0], [0.0]]).reshape(1, 1, 2, 1)
+    s = 4.0 * 0.5                                      # scale 0.5
+    np.testing.assert_allclose(oracle.gqa_attention(q, k, v, 1, False, scale=0.5)[0, 0, 0, 0],
+                               1 / (1 + math.exp(-s)), rtol=1e-15)
+    c = 1.5                                            # softcap after scaling: c tanh(2 / c)
+    np.testing.assert_allclose(oracle.gqa_attention(q, k, v, 1, False, scale=0.5, softcap=c)[0, 0, 0, 0],
+                               1 / (1 + math.exp(-c * math.tanh(s / c))), rtol=1e-15)
+    # default scale is 1 / sqrt(d)
+    np.testing.assert_allclose(oracle.gqa_attention(q, k, v, 1, False)[0, 0, 0, 0],
+                               1 / (1 + math.exp(-4 / math.sqrt(2))), rtol=1e-15)
+
+
+def test_attention_row_with_no_visible_key_is_zero():
+    rng = np.random.default_rng(2)
+    q, k, v = rng.standard_normal((2, 2, 3, 4)), rng.standard_normal((2, 1, 3, 4)), rng.standard_normal((2, 1, 3, 4))
+    mask = np.array([[True, True, True], [False, False, True]])
+    out = oracle.gqa_attention(q, k, v, 1, True, kv_mask=mask)
+    np.testing.assert_array_equal(out[1, :, :2], 0.0)    # row 1, queries 0 and 1 see only padding
+    np.testing.assert_allclose(out[1, :, 2], np.repeat(v[1, :, 2], 2, axis=0), rtol=1e-15)
+    np.testing.assert_allclose(out[0], oracle.gqa_attention(q[:1], k[:1], v[:1], 1, True)[0], rtol=1e-15)
+
+
+def test_apply_rope_scaling_and_batch_positions_by_hand():
+    x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 1, 4)
+    # position 0: cos = 1, sin = 0 times the scaling: the rotated channels are scaled, the rest copied
+    np.testing.assert_array_equal(oracle.apply_rope(x, [0], np.array([0.5]), 2.0).ravel(), [2.0, 4.0, 3.0, 4.0])
+    # R = 2 of D = 4, inv_freq [0.5], position 2 -> angle 1; [B, S] positions give each row its own
+    xb = np.concatenate([x, x])
+    out = oracle.apply_rope(xb, np.array([[0], [2]]), np.array([0.5]), 1.0)
+    c, s = math.cos(1.0), math.sin(1.0)
+    np.testing.assert_allclose(out[1].ravel(), [1 * c - 2 * s, 2 * c + 1 * s, 3.0, 4.0], rtol=1e-15)
+    np.testing.assert_array_equal(out[0].ravel(), x.ravel())
+
+
+def test_softcap_logits_and_embedding_by_hand():
+    h = np.array([[[1.0, 0.0], [3.0, 4.0]]])
+    w = np.array([[1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_allclose(oracle.logits_from_hidden(h, w, 2.0), [[2 * math.tanh(1.5), 2 * math.tanh(2.0)]],
+                               rtol=1e-15)
+    np.testing.assert_allclose(oracle.all_logits_from_hidden(h, w, 2.0)[0, 0], [2 * math.tanh(0.5), 0.0], rtol=1e-15)
+    table = np.arange(6.0).reshape(3, 2)
+    np.testing.assert_array_equal(oracle.embedding(np.array([[2, 0]]), table), [[[4.0, 5.0], [0.0, 1.0]]])
