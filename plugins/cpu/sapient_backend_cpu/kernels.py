@@ -157,8 +157,9 @@ def silu(x):
     # x * sigmoid(x) = x / (1 + exp(-x)), exp(-x) = exp2(-x * log2 e).  For x < -88 exp overflows to
     # inf and x / inf = -0.0, the correctly rounded result, so that overflow is expected and silenced.
     x = _f32(x)
+    out = np.empty(x.shape, np.float32)              # explicit: a 0-d x would otherwise give a scalar
     with np.errstate(over="ignore", invalid="ignore"):   # invalid: x = -inf gives -inf/inf = NaN, as the formula
-        out = np.multiply(x, _f32c(-_LOG2E))
+        np.multiply(x, _f32c(-_LOG2E), out=out)
         np.exp2(out, out=out)
         out += _ONE
         np.divide(x, out, out=out)
@@ -288,8 +289,9 @@ def _gelu_tanh(x):
     x = _f32(x)
     c0 = _f32c(-2.0 * _SQRT_2_OVER_PI * _LOG2E)
     c1 = _f32c(-2.0 * _SQRT_2_OVER_PI * 0.044715 * _LOG2E)
+    out = np.empty(x.shape, np.float32)              # explicit: a 0-d x would otherwise give a scalar
     with np.errstate(over="ignore", invalid="ignore"):   # invalid: only for infinite x, as the formula
-        out = np.square(x)
+        np.square(x, out=out)
         out *= c1
         out += c0
         out *= x
@@ -308,11 +310,13 @@ def gelu(x, approximate):
 # --- elementwise -------------------------------------------------------------------------------------
 
 def add(a, b):
-    return np.add(_f32(a), _f32(b))
+    r = np.add(_f32(a), _f32(b))
+    return r if r.__class__ is _ndarray else np.asarray(r)     # 0-d inputs: an array, not a NumPy scalar
 
 
 def mul(a, b):
-    return np.multiply(_f32(a), _f32(b))
+    r = np.multiply(_f32(a), _f32(b))
+    return r if r.__class__ is _ndarray else np.asarray(r)
 
 
 # --- rope --------------------------------------------------------------------------------------------
