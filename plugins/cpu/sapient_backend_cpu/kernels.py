@@ -34,10 +34,17 @@ import math
 
 import numpy as np
 
+from . import _runtime
+from ._runtime import configure, info
+
+_fused = _runtime.fused
+_run_parallel = _runtime.run_parallel
+_PAR_MIN = _runtime.PARALLEL_MIN
+
 __all__ = [
     "linear_3d", "linear_3d_bias", "rms_norm", "layer_norm", "silu", "gelu", "add", "mul",
     "apply_rope_positions", "apply_rope_partial", "apply_rope", "gqa_attention", "logits_from_hidden",
-    "all_logits_from_hidden", "embedding", "erf", "erfc",
+    "all_logits_from_hidden", "embedding", "erf", "erfc", "configure", "info",
 ]
 
 _F32 = np.dtype(np.float32)
@@ -108,11 +115,29 @@ def _row_sum_of_squares(y):
     return out.reshape(y.shape[:-1] + (1,))
 
 
+def _rows(x):
+    """``x`` as a C-contiguous (rows, D) float32 array (a view when it already is contiguous)."""
+    x = _f32_flat(x)
+    return x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+
+
 def rms_norm(x, weight, eps):
     x = _f32(x)
-    w = _f32(weight)
     if x.size == 0:
         return np.empty(x.shape, np.float32)
+    fz = _fused()
+    if fz is not None:
+        x2 = _rows(x)
+        w = _f32_flat(weight)
+        out = np.empty(x.shape, np.float32)
+        o2 = out.reshape(x2.shape)
+        if x.size < _PAR_MIN["norm"] or not _run_parallel(fz.rms_norm_parallel, x2, w, float(eps), o2):
+            fz.rms_norm_serial(x2, w, float(eps), o2)
+        return out
+    return _rms_norm_numpy(x, _f32(weight), eps)
+
+
+def _rms_norm_numpy(x, w, eps):
     out = np.square(x)                               # the output buffer holds the squares first
     rms = out.sum(axis=-1, keepdims=True)            # pairwise: error ~ log2(D) ulp, not D
     rms *= _f32c(1.0 / x.shape[-1])
@@ -125,9 +150,23 @@ def rms_norm(x, weight, eps):
 
 def layer_norm(x, weight, bias, eps):
     x = _f32(x)
-    w = _f32(weight)
     if x.size == 0:
         return np.empty(x.shape, np.float32)
+    fz = _fused()
+    if fz is not None:
+        x2 = _rows(x)
+        w = _f32_flat(weight)
+        b = w if bias is None else _f32_flat(bias)       # not read when has_bias is False
+        has_bias = bias is not None
+        out = np.empty(x.shape, np.float32)
+        o2 = out.reshape(x2.shape)
+        if x.size < _PAR_MIN["norm"] or not _run_parallel(fz.layer_norm_parallel, x2, w, b, has_bias, float(eps), o2):
+            fz.layer_norm_serial(x2, w, b, has_bias, float(eps), o2)
+        return out
+    return _layer_norm_numpy(x, _f32(weight), bias, eps)
+
+
+def _layer_norm_numpy(x, w, bias, eps):
     inv_d = _f32c(1.0 / x.shape[-1])
     mean = x.sum(axis=-1, keepdims=True)
     mean *= inv_d
@@ -153,7 +192,25 @@ def layer_norm(x, weight, bias, eps):
 
 # --- activations -------------------------------------------------------------------------------------
 
+def _elementwise(x, serial, parallel, kind):
+    """Run a fused elementwise kernel over ``x`` (any shape) into a new float32 array."""
+    xf = _f32_flat(x)
+    out = np.empty(xf.shape, np.float32)
+    xr, outr = xf.reshape(-1), out.reshape(-1)
+    if xr.size < _PAR_MIN[kind] or not _run_parallel(parallel, xr, outr):
+        serial(xr, outr)
+    return out
+
+
 def silu(x):
+    x = _f32(x)
+    fz = _fused()
+    if fz is not None:
+        return _elementwise(x, fz.silu_serial, fz.silu_parallel, "activation")
+    return _silu_numpy(x)
+
+
+def _silu_numpy(x):
     # x * sigmoid(x) = x / (1 + exp(-x)), exp(-x) = exp2(-x * log2 e).  For x < -88 exp overflows to
     # inf and x / inf = -0.0, the correctly rounded result, so that overflow is expected and silenced.
     x = _f32(x)
@@ -302,6 +359,12 @@ def _gelu_tanh(x):
 
 
 def gelu(x, approximate):
+    x = _f32(x)
+    fz = _fused()
+    if fz is not None:
+        if approximate == "tanh":
+            return _elementwise(x, fz.gelu_tanh_serial, fz.gelu_tanh_parallel, "activation")
+        return _elementwise(x, fz.gelu_erf_serial, fz.gelu_erf_parallel, "activation")
     if approximate == "tanh":
         return _gelu_tanh(x)
     return _gelu_erf(x)
@@ -309,13 +372,48 @@ def gelu(x, approximate):
 
 # --- elementwise -------------------------------------------------------------------------------------
 
+def _binary_parallel(a, b, kernel):
+    """``kernel`` (a parallel fused add or mul) on (a, b) when the shapes allow it: a and b of one
+    shape, or one of them a trailing row (D,) that broadcasts over the other; else None.  Either operand
+    may be the big one (a + b == b + a and a * b == b * a exactly in IEEE arithmetic)."""
+    if a.shape != b.shape and a.size < b.size:
+        a, b = b, a
+    if a.ndim == 0 or b.ndim > a.ndim or not a.flags.c_contiguous or not b.flags.c_contiguous:
+        return None
+    d = a.shape[-1]
+    if a.shape == b.shape:
+        b2 = b.reshape(-1, d)
+    elif b.ndim >= 1 and b.size == d and b.shape[-1] == d:
+        b2 = b.reshape(1, d)
+    else:
+        return None
+    out = np.empty(a.shape, np.float32)
+    return out if _run_parallel(kernel, a.reshape(-1, d), b2, out.reshape(-1, d)) else None
+
+
 def add(a, b):
-    r = np.add(_f32(a), _f32(b))
+    a = _f32(a)
+    b = _f32(b)
+    if a.size >= _PAR_MIN["elementwise"] or b.size >= _PAR_MIN["elementwise"]:
+        fz = _fused()
+        if fz is not None:
+            r = _binary_parallel(a, b, fz.add_parallel)
+            if r is not None:
+                return r
+    r = np.add(a, b)              # one thread: NumPy's own loop is as fast as a fused one
     return r if r.__class__ is _ndarray else np.asarray(r)     # 0-d inputs: an array, not a NumPy scalar
 
 
 def mul(a, b):
-    r = np.multiply(_f32(a), _f32(b))
+    a = _f32(a)
+    b = _f32(b)
+    if a.size >= _PAR_MIN["elementwise"] or b.size >= _PAR_MIN["elementwise"]:
+        fz = _fused()
+        if fz is not None:
+            r = _binary_parallel(a, b, fz.mul_parallel)
+            if r is not None:
+                return r
+    r = np.multiply(a, b)
     return r if r.__class__ is _ndarray else np.asarray(r)
 
 
