@@ -239,3 +239,164 @@ def layer_norm_serial(x, w, b, has_bias, eps, out):
 def layer_norm_parallel(x, w, b, has_bias, eps, out):
     for r in prange(x.shape[0]):
         _layer_norm_row(x, w, b, has_bias, eps, out, r)
+
+
+# --- rope ---------------------------------------------------------------------------------------------
+
+@njit(**_OPTS)
+def _rope_row(x, cos, sin, out, b, r):
+    # x, out (B, H*S, D); cos, sin (1 or B, S, R/2); row r of batch b is position r % S
+    d = x.shape[2]
+    half = cos.shape[2]
+    s = r % cos.shape[1]
+    bc = b if cos.shape[0] != 1 else 0
+    for i in range(half):
+        x1 = x[b, r, i]
+        x2 = x[b, r, half + i]
+        c = cos[bc, s, i]
+        sn = sin[bc, s, i]
+        out[b, r, i] = x1 * c - x2 * sn
+        out[b, r, half + i] = x2 * c + x1 * sn
+    for i in range(2 * half, d):
+        out[b, r, i] = x[b, r, i]
+
+
+@njit(**_OPTS)
+def rope_serial(x, cos, sin, out):
+    for b in range(x.shape[0]):
+        for r in range(x.shape[1]):
+            _rope_row(x, cos, sin, out, b, r)
+
+
+@njit(parallel=True, **_OPTS)
+def rope_parallel(x, cos, sin, out):
+    rows = x.shape[1]
+    for br in prange(x.shape[0] * rows):
+        _rope_row(x, cos, sin, out, br // rows, br % rows)
+
+
+# --- attention ----------------------------------------------------------------------------------------
+# The matrix products run in NumPy's BLAS (register-tiled: a Numba loop nest reached a quarter of its
+# speed for Q K^T at prefill); Numba does what BLAS cannot fuse: the masked, soft-capped softmax of each
+# score row, in place, and for a decode step also the scores themselves (one query per head: a dot
+# product per key, 2.3x faster here than NumPy's matmul against the transposed K view).
+# Scores are in log2 units: q carries scale * log2(e) (or scale / c with a softcap c, and the capped
+# score is multiplied by c log2(e)), so the softmax is exp2(s - max).  A row with no visible key gives
+# zero weights (so a zero output row), never 0 / 0.
+
+_NEG_INF = _F32(-np.inf)
+_TWO_LOG2E = _F32(2.0 * math.log2(math.e))
+
+
+@njit(**_OPTS)
+def _tanh(z):
+    """tanh for float32 z via exp2: absolute error ~ 2 float32 epsilons (what the softcap needs:
+    c * tanh(s / c) to float32 precision of c)."""
+    a = abs(z)
+    e = _exp2(a * -_TWO_LOG2E)                         # exp(-2|z|), in (0, 1]
+    t = (_F32(1.0) - e) / (_F32(1.0) + e)
+    return -t if z < _F32(0.0) else t
+
+
+@njit(**_OPTS)
+def _softmax_row(srow, t_lo, t_hi, cap, has_cap, kv_mask, has_mask, b, key0):
+    """Replace the scores ``srow`` by their softmax weights over the visible keys: local indices in
+    [t_lo, t_hi) whose ``kv_mask[b, key0 + t]`` is True (when has_mask); every other weight is 0."""
+    nk = srow.shape[0]
+    t_lo = max(t_lo, 0)
+    t_hi = min(t_hi, nk)
+    for t in range(0, min(t_lo, nk)):
+        srow[t] = _F32(0.0)
+    for t in range(max(t_hi, 0), nk):
+        srow[t] = _F32(0.0)
+    if t_hi <= t_lo:
+        return
+    if has_cap:
+        for t in range(t_lo, t_hi):
+            srow[t] = cap * _tanh(srow[t])
+    if has_mask:
+        for t in range(t_lo, t_hi):
+            if not kv_mask[b, key0 + t]:
+                srow[t] = _NEG_INF
+    m = _NEG_INF
+    for t in range(t_lo, t_hi):
+        m = srow[t] if srow[t] > m else m
+    if m == _NEG_INF:                                 # every key of the range is padding
+        for t in range(t_lo, t_hi):
+            srow[t] = _F32(0.0)
+        return
+    total = _F32(0.0)
+    for t in range(t_lo, t_hi):
+        p = _exp2(srow[t] - m)                        # exp2(-inf) = 0 for masked keys
+        srow[t] = p
+        total += p
+    inv = _F32(1.0) / total
+    for t in range(t_lo, t_hi):
+        srow[t] *= inv
+
+
+@njit(**_OPTS)
+def _block_row(s, row, sq, sk, i0, groups, key0, causal, window, cap, has_cap, kv_mask, has_mask):
+    # s (B, KV, R, nk): R = (query block) x (query heads of the group), rows in (query, head) order
+    nkv = s.shape[1]
+    rows = s.shape[2]
+    b = row // (nkv * rows)
+    r = row % rows
+    j = (row // rows) % nkv
+    p = i0 + r // groups + sk - sq                    # the query's absolute position
+    t_lo = 0
+    t_hi = s.shape[3]
+    if causal:
+        t_hi = p + 1 - key0
+        if window > 0:
+            t_lo = p - window + 1 - key0
+    _softmax_row(s[b, j, r], t_lo, t_hi, cap, has_cap, kv_mask, has_mask, b, key0)
+
+
+@njit(**_OPTS)
+def softmax_block_serial(s, sq, sk, i0, groups, key0, causal, window, cap, has_cap, kv_mask, has_mask):
+    """In place: the scores of a block of queries (rows i0 ... in (query, head) order, keys key0 ...)
+    become softmax weights under the causal / window / padding masks and the softcap.  Serial only:
+    it runs between two BLAS products, and Numba's thread pool waking between them fights BLAS's own
+    spinning threads for the cores (7-150 ms instead of 3 ms for a 128-token prefill on 2 loaded
+    cores); the products themselves use BLAS's threads."""
+    for row in range(s.shape[0] * s.shape[1] * s.shape[2]):
+        _block_row(s, row, sq, sk, i0, groups, key0, causal, window, cap, has_cap, kv_mask, has_mask)
+
+
+@njit(**_SUM_OPTS)
+def _dot(q, b, j, g, k, t):
+    s = _F32(0.0)
+    for e in range(q.shape[3]):
+        s += q[b, j, g, e] * k[b, j, t, e]
+    return s
+
+
+@njit(**_OPTS)
+def _decode_task(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p, task):
+    # one (batch row, KV head): the scores of every query head of the group, key-major so that each
+    # K row is read once for the whole group, then each row's softmax
+    nkv = q.shape[1]
+    b = task // nkv
+    j = task % nkv
+    groups = q.shape[2]
+    nk = p.shape[3]
+    for t in range(nk):
+        for g in range(groups):
+            p[b, j, g, t] = _dot(q, b, j, g, k, lo + t) * fold
+    for g in range(groups):
+        _softmax_row(p[b, j, g], 0, nk, cap, has_cap, kv_mask, has_mask, b, lo)
+
+
+@njit(**_OPTS)
+def decode_weights_serial(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p):
+    """A decode step's softmax weights: q (B, KV, G, d), k (B, KV, Sk, d), keys lo ... lo + nk - 1
+    (then kv_mask); p (B, KV, G, nk) receives the weights."""
+    for task in range(q.shape[0] * q.shape[1]):
+        _decode_task(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p, task)
+
+
+@njit(parallel=True, **_OPTS)
+def decode_weights_parallel(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p):
+    for task in prange(q.shape[0] * q.shape[1]):
+        _decode_task(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p, task)

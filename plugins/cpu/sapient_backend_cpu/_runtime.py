@@ -40,7 +40,7 @@ THREADS = 0
 #: Measured on 2 cores (benchmarks/bench_cpu_vs_torch.py): below these, waking the second thread
 #: (~5-10 µs with Numba's OpenMP pool) costs more than half the kernel.
 PARALLEL_MIN = {"elementwise": 1 << 16, "activation": 1 << 15, "norm": 1 << 15, "rope": 1 << 15,
-                "softmax": 1 << 15}
+                "attention": 1 << 17}
 _DEFAULT_MIN = dict(PARALLEL_MIN)
 
 _parallel_ok = True                  # False in a child forked after the thread pool started

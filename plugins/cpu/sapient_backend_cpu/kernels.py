@@ -428,12 +428,8 @@ def _default_inv_freq(base, rotary_dim):
 
 
 def _rope_tables_uncached(positions, inv_freq, scaling):
-    """float32 (cos2, sin2) for int64 ``positions`` ([S] or [B, S]) and float64 ``inv_freq`` [R/2].
-
-    cos2 is ([B, 1,] S, R): cos over both halves; sin2 is ([B, 1,] S, 2, R/2) with the sign of
-    rotate_half folded in ([-sin, sin]); the [B, S] tables carry a head axis of 1 so that they
-    broadcast against x [B, H, S, D].  Angles and the scaling are applied in float64, rounded once.
-    """
+    """float32 (cos, sin), each ([B,] S, R/2), for int64 ``positions`` ([S] or [B, S]) and float64
+    ``inv_freq`` [R/2]: angles and the scaling in float64, rounded to float32 once.  Read-only."""
     angles = np.multiply.outer(positions.astype(np.float64), inv_freq)            # (..., S, R/2)
     cos = np.cos(angles)
     sin = np.sin(angles)
@@ -442,16 +438,12 @@ def _rope_tables_uncached(positions, inv_freq, scaling):
         sin *= scaling
     cos = cos.astype(np.float32)
     sin = sin.astype(np.float32)
-    cos2 = np.concatenate([cos, cos], axis=-1)
-    sin2 = np.stack([-sin, sin], axis=-2)
-    if positions.ndim == 2:
-        cos2, sin2 = cos2[:, None], sin2[:, None]
-    cos2.setflags(write=False)
-    sin2.setflags(write=False)
-    return cos2, sin2
+    cos.setflags(write=False)
+    sin.setflags(write=False)
+    return cos, sin
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=16)
 def _rope_tables_cached(position_bytes, position_shape, inv_bytes, scaling):
     positions = np.frombuffer(position_bytes, np.int64).reshape(position_shape)
     return _rope_tables_uncached(positions, np.frombuffer(inv_bytes, np.float64), scaling)
@@ -459,10 +451,10 @@ def _rope_tables_cached(position_bytes, position_shape, inv_bytes, scaling):
 
 def _rope_tables(positions, inv_freq, scaling):
     """float32 cos/sin tables for these positions and frequencies.  The q and k of every layer of one
-    forward pass use the same ones, so tables up to 1 Mi entries are cached, keyed on the bytes of the
+    forward pass use the same ones, so tables up to 256 Ki entries are cached, keyed on the bytes of the
     positions and of inv_freq (the float64 cos/sin of a 128-token prefill cost more than the rotation)."""
     positions = np.asarray(positions).astype(np.int64, copy=False)
-    if positions.size * inv_freq.size <= 1 << 19:
+    if positions.size * inv_freq.size <= 1 << 18:
         return _rope_tables_cached(positions.tobytes(), positions.shape, inv_freq.tobytes(), scaling)
     return _rope_tables_uncached(positions, inv_freq, scaling)
 
@@ -471,10 +463,31 @@ def _rope(x, positions, inv_freq, scaling):
     # out = x * cos + rotate_half(x) * sin over the first R = 2 len(inv_freq) channels, with
     # rotate_half(x) = [-x2, x1] (Hugging Face / NeoX layout); channels R.. are copied.
     x = _f32(x)
+    if x.size == 0:
+        return np.empty(x.shape, np.float32)
+    cos, sin = _rope_tables(positions, inv_freq, scaling)
+    fz = _fused()
+    if fz is not None:
+        b, h, s, d = x.shape
+        xc = _f32_flat(x)
+        out = np.empty(x.shape, np.float32)
+        c3 = cos.reshape(-1, s, cos.shape[-1])         # (1 or B, S, R/2)
+        s3 = sin.reshape(c3.shape)
+        args = (xc.reshape(b, h * s, d), c3, s3, out.reshape(b, h * s, d))
+        if x.size < _PAR_MIN["rope"] or not _run_parallel(fz.rope_parallel, *args):
+            fz.rope_serial(*args)
+        return out
+    return _rope_numpy(x, cos, sin)
+
+
+def _rope_numpy(x, cos, sin):
     d = x.shape[-1]
-    half = inv_freq.size
+    half = cos.shape[-1]
     rotary_dim = 2 * half
-    cos2, sin2 = _rope_tables(positions, inv_freq, scaling)
+    cos2 = np.concatenate([cos, cos], axis=-1)        # ([B,] S, R): cos over both halves
+    sin2 = np.stack([-sin, sin], axis=-2)             # ([B,] S, 2, R/2): the sign of rotate_half folded in
+    if cos.ndim == 3:                                 # [B, S] positions: broadcast over the heads
+        cos2, sin2 = cos2[:, None], sin2[:, None]
     xr = x[..., :rotary_dim]
     pairs = xr.reshape(x.shape[:-1] + (2, half))     # a view when x is contiguous: (x1, x2) on axis -2
     # [x2, x1] * [-sin, sin] in one pass over the swapped view (no concatenated copy of x)
@@ -527,6 +540,9 @@ def _mask_bias(sq, sk, first_key, causal, window):
     return bias
 
 
+_NO_MASK = np.ones((1, 1), bool)
+
+
 def gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask):
     q = _f32(q)
     k = _f32(k)
@@ -535,9 +551,59 @@ def gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, k
     kv, sk = k.shape[1], k.shape[2]
     if q.size == 0 or sk == 0:
         return np.zeros((b, h, sq, d), np.float32)
-    g = h // kv
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     window = None if sliding_window is None or not causal else int(sliding_window)
+    fz = _fused()
+    if fz is not None:
+        return _attention_fused(fz, q, k, v, kv, bool(causal), scale, window, softcap, kv_mask)
+    return _attention_numpy(q, k, v, kv, causal, scale, window, softcap, kv_mask)
+
+
+def _attention_fused(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
+    b, h, sq, d = q.shape
+    sk = k.shape[2]
+    g = h // kv
+    fold = _f32c(scale / softcap if softcap is not None else scale * _LOG2E)
+    cap = _f32c(softcap * _LOG2E if softcap is not None else 0.0)
+    has_cap = softcap is not None
+    mask = _NO_MASK if kv_mask is None else np.ascontiguousarray(kv_mask, dtype=bool)
+    has_mask = kv_mask is not None
+    par = _PAR_MIN["attention"]
+    if sq == 1:
+        # decode: every query sees the same key range; weights from one fused kernel, then one BLAS
+        # product per KV head with its group's rows
+        lo = max(0, sk - window) if window is not None else 0
+        qc = _f32_flat(q).reshape(b, kv, g, d)
+        p = np.empty((b, kv, g, sk - lo), np.float32)
+        args = (qc, _f32_flat(k), lo, fold, cap, has_cap, mask, has_mask, p)
+        if b * h * (sk - lo) * d < par or not _run_parallel(fz.decode_weights_parallel, *args):
+            fz.decode_weights_serial(*args)
+        return np.matmul(p, v[:, :, lo:]).reshape(b, h, 1, d)
+    # prefill: q reordered to (query, head) rows so that a block of queries is a block of rows; each
+    # block multiplies only the keys some query of it may see (a causal prefill skips ~40% of the
+    # products), its scores become weights in place, and its output rows are one more product.
+    q2 = np.empty((b, kv, sq, g, d), np.float32)
+    np.multiply(q.reshape(b, kv, g, sq, d).transpose(0, 1, 3, 2, 4), fold, out=q2)
+    q2 = q2.reshape(b, kv, sq * g, d)
+    out2 = np.empty((b, kv, sq * g, d), np.float32)
+    kt = k.transpose(0, 1, 3, 2)
+    off = sk - sq
+    first_key = max(0, off - window + 1) if window is not None else 0
+    qb = sq if not causal else max(32, -(-sq // 8))   # at most 8 query blocks of >= 32 queries
+    for i0 in range(0, sq, qb):
+        i1 = min(sq, i0 + qb)
+        lo = max(first_key, i0 + off - window + 1) if window is not None else 0
+        hi = i1 + off if causal else sk
+        s = np.matmul(q2[:, :, i0 * g:i1 * g], kt[:, :, :, lo:hi])
+        fz.softmax_block_serial(s, sq, sk, i0, g, lo, causal, window or 0, cap, has_cap, mask, has_mask)
+        np.matmul(s, v[:, :, lo:hi], out=out2[:, :, i0 * g:i1 * g])
+    return np.ascontiguousarray(out2.reshape(b, kv, sq, g, d).transpose(0, 1, 3, 2, 4)).reshape(b, h, sq, d)
+
+
+def _attention_numpy(q, k, v, kv, causal, scale, window, softcap, kv_mask):
+    b, h, sq, d = q.shape
+    sk = k.shape[2]
+    g = h // kv
     # Keys before the first query's window never get weight: drop them (a decode step with a
     # 4096-window over a longer cache reads only the window).
     first_key = max(0, sk - sq - window + 1) if window is not None else 0

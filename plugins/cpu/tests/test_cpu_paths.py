@@ -25,8 +25,9 @@ def _restore():
 
 
 def _inputs(rng):
-    return {"x": rng.standard_normal((3, 37, 512)).astype(F32) * 3, "w": rng.standard_normal(512).astype(F32),
-            "b": rng.standard_normal(512).astype(F32)}
+    f = lambda *s: rng.standard_normal(s).astype(F32)  # noqa: E731
+    return {"x": f(3, 37, 512) * 3, "w": f(512), "b": f(512), "q": f(2, 8, 37, 32), "q1": f(2, 8, 1, 32),
+            "k": f(2, 2, 40, 32), "v": f(2, 2, 40, 32), "pos": np.arange(3, 40), "mask": rng.random((2, 40)) > 0.2}
 
 
 CALLS = {
@@ -39,6 +40,11 @@ CALLS = {
     "add": lambda a: kernels.add(a["x"], a["x"][::-1].copy()),
     "add row": lambda a: kernels.add(a["w"], a["x"]),
     "mul row": lambda a: kernels.mul(a["x"], a["b"]),
+    "rope": lambda a: kernels.apply_rope_positions(a["q"], a["pos"], 10000.0),
+    "rope [B, S]": lambda a: kernels.apply_rope(a["q"], np.stack([a["pos"], a["pos"] * 2]),
+                                                 np.geomspace(1, 1e-4, 12).astype(F32), 1.1),
+    "attention decode": lambda a: kernels.gqa_attention(a["q1"], a["k"], a["v"], 2, True, None, 7, 20.0, a["mask"]),
+    "attention prefill": lambda a: kernels.gqa_attention(a["q"], a["k"], a["v"], 2, True, 0.3, 9, None, a["mask"]),
 }
 
 
