@@ -176,32 +176,38 @@ def mul_parallel(a, b, out):
 
 
 # --- norms --------------------------------------------------------------------------------------------
-# Row statistics are summed in float64 (8 lanes, reassociated freely: at float64 the order cannot
-# change the float32 result), then each output is computed in float64 and rounded once.
+# One pass of float64 row statistics (8 lanes, reassociated freely: at float64 the order cannot change
+# the float32 result), around a shift c = the row's first element (so that the one-pass variance
+# E[(x-c)^2] - E[x-c]^2 cancels nothing: |mean - c| is of the order of the spread, unlike the mean
+# itself, which may be 1e4 times the spread), then one float32 pass for the output.  The mean enters
+# that pass as a float32 pair hi + lo, so (x - hi) - lo keeps the float64 mean's accuracy.
 
 @njit(**_SUM_OPTS)
-def _sum64(x, r):
-    s = 0.0
+def _shifted_sums64(x, r, c):
+    s1 = 0.0
+    s2 = 0.0
     for i in range(x.shape[1]):
-        s += np.float64(x[r, i])
-    return s
+        z = np.float64(x[r, i]) - c
+        s1 += z
+        s2 += z * z
+    return s1, s2
 
 
 @njit(**_SUM_OPTS)
-def _sumsq64(x, r, shift):
+def _sumsq64(x, r):
     s = 0.0
     for i in range(x.shape[1]):
-        d = np.float64(x[r, i]) - shift
-        s += d * d
+        z = np.float64(x[r, i])
+        s += z * z
     return s
 
 
 @njit(**_OPTS)
 def _rms_norm_row(x, w, eps, out, r):
     d = x.shape[1]
-    inv = 1.0 / math.sqrt(_sumsq64(x, r, 0.0) / d + eps)
+    inv = np.float32(1.0 / math.sqrt(_sumsq64(x, r) / d + eps))
     for i in range(d):
-        out[r, i] = np.float32(np.float64(x[r, i]) * inv * np.float64(w[i]))
+        out[r, i] = (x[r, i] * inv) * w[i]
 
 
 @njit(**_OPTS)
@@ -219,14 +225,20 @@ def rms_norm_parallel(x, w, eps, out):
 @njit(**_OPTS)
 def _layer_norm_row(x, w, b, has_bias, eps, out, r):
     d = x.shape[1]
-    mean = _sum64(x, r) / d
-    inv = 1.0 / math.sqrt(_sumsq64(x, r, mean) / d + eps)
+    c = np.float64(x[r, 0])
+    s1, s2 = _shifted_sums64(x, r, c)
+    dm = s1 / d
+    var = max(s2 / d - dm * dm, 0.0)
+    mean = c + dm
+    hi = np.float32(mean)
+    lo = np.float32(mean - np.float64(hi))
+    inv = np.float32(1.0 / math.sqrt(var + eps))
     if has_bias:
         for i in range(d):
-            out[r, i] = np.float32((np.float64(x[r, i]) - mean) * inv * np.float64(w[i]) + np.float64(b[i]))
+            out[r, i] = ((x[r, i] - hi) - lo) * (inv * w[i]) + b[i]
     else:
         for i in range(d):
-            out[r, i] = np.float32((np.float64(x[r, i]) - mean) * inv * np.float64(w[i]))
+            out[r, i] = ((x[r, i] - hi) - lo) * (inv * w[i])
 
 
 @njit(**_OPTS)
