@@ -257,7 +257,8 @@ def layer_norm_parallel(x, w, b, has_bias, eps, out):
 
 @njit(**_OPTS)
 def _rope_row(x, cos, sin, out, b, r):
-    # x, out (B, H*S, D); cos, sin (1 or B, S, R/2); row r of batch b is position r % S
+    # x, out (B, H*S, D); cos, sin (1 or B, S, R/2); row r of batch b is position r % S.  (Indexing the
+    # 3-D arrays directly: slicing six views per row costs more than the rotation, 167 vs 106 µs.)
     d = x.shape[2]
     half = cos.shape[2]
     s = r % cos.shape[1]
@@ -310,41 +311,84 @@ def _tanh(z):
     return -t if z < _F32(0.0) else t
 
 
+# Each loop of the row softmax is its own small function over a slice (indices from 0): inside one
+# large function LLVM stops inlining _exp2 into the loop, and an index lo + t that may be negative as
+# far as LLVM knows gets Numba's wrap-around test on every access; either keeps the loop scalar
+# (4 ns instead of 0.9 ns per score).
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "nnan", "nsz"})
+def _max_of(a):
+    """max(a) (-inf if empty), vectorised: a max is exact in any order, and a NaN score makes its row
+    NaN anyway (through its own weight), whatever the max."""
+    m = _NEG_INF
+    for t in range(a.shape[0]):
+        m = max(m, a[t])
+    return m
+
+
+@njit(**_SUM_OPTS)
+def _sum_of(a):
+    """sum(a) in float32, vectorised (16 lanes, unrolled: error ~ (n / 64 + 6) u, below a pairwise
+    sum's for the row lengths of attention)."""
+    s = _F32(0.0)
+    for t in range(a.shape[0]):
+        s += a[t]
+    return s
+
+
+@njit(**_OPTS)
+def _fill(a, value):
+    for t in range(a.shape[0]):
+        a[t] = value
+
+
+@njit(**_OPTS)
+def _cap(a, cap):
+    for t in range(a.shape[0]):
+        a[t] = cap * _tanh(a[t])
+
+
+@njit(**_OPTS)
+def _hide_masked(a, visible):
+    for t in range(a.shape[0]):
+        if not visible[t]:
+            a[t] = _NEG_INF
+
+
+@njit(**_OPTS)
+def _exp2_shifted(a, m):
+    for t in range(a.shape[0]):
+        a[t] = _exp2(a[t] - m)                        # exp2(-inf) = 0 for masked keys
+
+
+@njit(**_OPTS)
+def _scale(a, factor):
+    for t in range(a.shape[0]):
+        a[t] *= factor
+
+
 @njit(**_OPTS)
 def _softmax_row(srow, t_lo, t_hi, cap, has_cap, kv_mask, has_mask, b, key0):
     """Replace the scores ``srow`` by their softmax weights over the visible keys: local indices in
     [t_lo, t_hi) whose ``kv_mask[b, key0 + t]`` is True (when has_mask); every other weight is 0."""
     nk = srow.shape[0]
-    t_lo = max(t_lo, 0)
-    t_hi = min(t_hi, nk)
-    for t in range(0, min(t_lo, nk)):
-        srow[t] = _F32(0.0)
-    for t in range(max(t_hi, 0), nk):
-        srow[t] = _F32(0.0)
-    if t_hi <= t_lo:
+    t_lo = min(max(t_lo, 0), nk)
+    t_hi = max(min(t_hi, nk), t_lo)
+    _fill(srow[:t_lo], _F32(0.0))
+    _fill(srow[t_hi:], _F32(0.0))
+    if t_hi == t_lo:
         return
+    seg = srow[t_lo:t_hi]
     if has_cap:
-        for t in range(t_lo, t_hi):
-            srow[t] = cap * _tanh(srow[t])
+        _cap(seg, cap)
     if has_mask:
-        for t in range(t_lo, t_hi):
-            if not kv_mask[b, key0 + t]:
-                srow[t] = _NEG_INF
-    m = _NEG_INF
-    for t in range(t_lo, t_hi):
-        m = srow[t] if srow[t] > m else m
+        _hide_masked(seg, kv_mask[b, key0 + t_lo:key0 + t_hi])
+    m = _max_of(seg)
     if m == _NEG_INF:                                 # every key of the range is padding
-        for t in range(t_lo, t_hi):
-            srow[t] = _F32(0.0)
+        _fill(seg, _F32(0.0))
         return
-    total = _F32(0.0)
-    for t in range(t_lo, t_hi):
-        p = _exp2(srow[t] - m)                        # exp2(-inf) = 0 for masked keys
-        srow[t] = p
-        total += p
-    inv = _F32(1.0) / total
-    for t in range(t_lo, t_hi):
-        srow[t] *= inv
+    _exp2_shifted(seg, m)
+    _scale(seg, _F32(1.0) / _sum_of(seg))
 
 
 @njit(**_OPTS)

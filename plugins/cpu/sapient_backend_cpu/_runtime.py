@@ -26,7 +26,7 @@ import threading
 
 logger = logging.getLogger("sapient_core")
 
-__all__ = ["configure", "info", "fused", "run_parallel", "PARALLEL_MIN"]
+__all__ = ["configure", "info", "fused", "run_parallel", "run_split", "PARALLEL_MIN"]
 
 _UNLOADED = object()
 
@@ -40,7 +40,7 @@ THREADS = 0
 #: Measured on 2 cores (benchmarks/bench_cpu_vs_torch.py): below these, waking the second thread
 #: (~5-10 µs with Numba's OpenMP pool) costs more than half the kernel.
 PARALLEL_MIN = {"elementwise": 1 << 16, "activation": 1 << 15, "norm": 1 << 15, "rope": 1 << 15,
-                "attention": 1 << 17}
+                "attention": 1 << 17, "attention_split": 1 << 22}
 _DEFAULT_MIN = dict(PARALLEL_MIN)
 
 _parallel_ok = True                  # False in a child forked after the thread pool started
@@ -48,6 +48,7 @@ _pool_started = False
 _lock = threading.Lock()             # one parallel kernel at a time
 _load_lock = threading.Lock()
 _tls = threading.local()
+_pool = None                         # ThreadPoolExecutor for run_split (created on first use)
 _fused_setting = None                # None: from the environment; True / False: configure()
 _threads_setting = None
 
@@ -134,6 +135,29 @@ def run_parallel(kernel, *args):
     return True
 
 
+def run_split(part, nparts):
+    """Run ``part(i)`` for i < nparts on THREADS Python threads (part 0 on the calling thread) and
+    return True; or return False without running anything, as :func:`run_parallel`.  For ops that
+    alternate BLAS products and fused kernels, all of which release the GIL: a Python thread's
+    hand-off costs 20-50 µs here, so only ops of a millisecond or more use it."""
+    global _pool
+    if THREADS < 2 or not _lock.acquire(blocking=False):
+        return False
+    try:
+        if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            _pool = ThreadPoolExecutor(max_workers=THREADS - 1, thread_name_prefix="sapient-cpu")
+        futures = [_pool.submit(part, i) for i in range(1, nparts)]
+        try:
+            part(0)
+        finally:
+            for f in futures:
+                f.result()
+    finally:
+        _lock.release()
+    return True
+
+
 def configure(*, fused=None, threads=None, parallel_min=None, reset=False):
     """Change the fast-path settings at run time (thread-unsafe: call it while no op runs).
 
@@ -144,7 +168,7 @@ def configure(*, fused=None, threads=None, parallel_min=None, reset=False):
     :param reset: back to the environment's settings and the measured thresholds first.
     :returns: :func:`info` after the change.
     """
-    global FUSED, _fused_setting, _threads_setting
+    global FUSED, _fused_setting, _threads_setting, _pool
     with _load_lock:
         if reset:
             _fused_setting = _threads_setting = None
@@ -158,6 +182,9 @@ def configure(*, fused=None, threads=None, parallel_min=None, reset=False):
         if parallel_min is not None:
             for key in PARALLEL_MIN:
                 PARALLEL_MIN[key] = int(parallel_min)
+        if _pool is not None and threads is not None:
+            _pool.shutdown(wait=True)
+            _pool = None
         FUSED = _UNLOADED                                # resolved again on the next op
     return info()
 
@@ -178,9 +205,10 @@ def info():
 
 
 def _after_fork_in_child():
-    global _parallel_ok
+    global _parallel_ok, _pool
     if _pool_started:
         _parallel_ok = False
+    _pool = None                     # its threads did not survive the fork: a new one when needed
 
 
 if hasattr(os, "register_at_fork"):

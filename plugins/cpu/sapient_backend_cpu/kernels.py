@@ -1,30 +1,62 @@
-"""NumPy reference kernels, one function per op of the sapient_core contract.
+"""The CPU reference kernels, one function per op of the sapient_core contract (v2, SPEC §8).
 
 Each function has its hook's exact signature and assumes validated input (the core checks shapes and
 dtypes before calling).  Inputs may be float16 or anything NumPy converts; everything is computed and
-returned in float32.  The numerical choices, each measured against the float64 oracles of
-``sapient_core.testing.oracle`` (see ``plugins/cpu/tests``):
+returned in float32 NumPy arrays.  Every op has two implementations, checked against the same float64
+oracles (``sapient_core.testing.oracle``) with the same bounds (``plugins/cpu/tests``, which run every
+test on both, and on the parallel versions of the fused kernels):
 
-- **Reductions** (norm statistics, softmax sums) use NumPy's pairwise summation along the contiguous
-  last axis, so their rounding error grows like log2(D), not D.  ``layer_norm`` subtracts the float32
-  mean, then removes what that mean's rounding left behind (the corrected two-pass algorithm): a mean
-  of 1e4 over values that differ by 1 still gives float32-level results.
-- **Exponentials** are evaluated as ``exp2`` with ``log2(e)`` folded into a multiplication the kernel
-  does anyway (NumPy's float32 ``exp2`` is about twice as fast as ``exp``, both within 3 ulp).  Where an
-  exponential may overflow to ``inf`` and ``inf`` is the right intermediate (``x / (1 + inf) == -0.0``
-  in ``silu`` for very negative ``x``), the overflow warning is silenced for that call only.
-- **erf** (for the exact GELU) is a (3, 4) rational minimax fit of the Mills ratio in continued-fraction
-  form, so it needs no SciPy, keeps *relative* accuracy in the far tail (GELU of -6 is -6e-9, not 0)
-  and never overflows; see :func:`erfc` for the measured error.
+- **fused** (default): the kernels of :mod:`._fused`, compiled by Numba, one pass over the data per op
+  where NumPy needs four to twenty, vectorised (AVX-512/AVX2/NEON) and, for large inputs, spread over
+  ``SAPIENT_CPU_THREADS`` threads (see :mod:`._runtime`);
+- **NumPy** (``SAPIENT_CPU_FUSED=0``, or where Numba does not import): plain NumPy, chunked to stay in
+  cache, for platforms without Numba and as a second, independent implementation.
+
+Matrix products (linear, logits, the attention products) are NumPy's BLAS on both paths.
+
+Why Numba, measured on the 2-core AMD EPYC (Zen 4, AVX-512) of the project's machines, one thread,
+[1, 128, 5632] float32 (``benchmarks/bench_cpu_vs_torch.py`` has the whole table, torch 2.13 beside):
+
+- silu: NumPy 4 passes 342 µs; numexpr 2.14 ``x/(1+exp(-x))`` 2538 µs (numexpr evaluates exp with
+  scalar libm calls, NumPy with SIMD); Numba 243 µs (torch 293 µs).  Exact GELU: NumPy 1521 µs,
+  Numba 432 µs (torch 334 µs).  layer_norm [1, 128, 2048]: NumPy 427 µs, Numba 61 µs (torch 80 µs).
+- Two threads: a Python thread pool splitting NumPy calls costs 21-58 µs per hand-off on these
+  machines (more than a whole 1 MiB add, 34 µs), so only Numba's ``prange`` (OpenMP-style pool, 5-10
+  µs) parallelises ops of this size: add [1, 128, 2048] 39 -> 24 µs.
+- The price: a dependency (numba and llvmlite: 4 + 60 MB of wheels, 210 MB installed; PyPI wheels
+  for Linux, macOS and Windows; numba bounds NumPy from above, e.g. 0.68 needs numpy<2.6),
+  its import on the first op (~0.2-0.3 s; ``import sapient_backend_cpu`` imports no Numba), and a
+  one-time compilation per machine (~10-20 s for all kernels, cached on disk; a warm process loads
+  them all in ~0.4 s; ``python -m sapient_backend_cpu --compile`` does it ahead).
+
+The numerical choices, each measured against the float64 oracles:
+
+- **Norm statistics**: fused: one float64 pass of row sums shifted by the row's first element (the
+  one-pass variance cancels nothing: |mean - shift| is of the order of the spread), the mean handed to
+  the float32 output pass as a hi + lo pair; measured error ~1 float32 eps (test bound 8 eps), also at
+  a mean of 1e4 over values that differ by 1.  NumPy: pairwise float32 sums; ``layer_norm`` subtracts the
+  float32 mean, then removes what that mean's rounding left behind (the corrected two-pass algorithm).
+- **Exponentials** are ``exp2`` with ``log2(e)`` folded into a multiplication the kernel does anyway.
+  NumPy's float32 ``exp2`` is within 3 ulp; the fused kernels' own ``_exp2`` (degree-7 polynomial on
+  [-1/2, 1/2], exponent built from its bits) is within 0.6 eps.  Where an exponential may overflow to
+  ``inf`` and ``inf`` is the right intermediate (``x / (1 + inf) == -0.0`` in ``silu`` for very negative
+  ``x``), the overflow is expected (and silenced on the NumPy path).
+- **erf** (for the exact GELU, never a tanh substitute) is a (3, 4) rational minimax fit of the Mills
+  ratio in continued-fraction form, shared by both paths: no SciPy, *relative* accuracy in the far tail
+  (GELU of -6 is -6e-9, not 0), no overflow; see :func:`erfc` for the measured error.
 - **RoPE angles** are ``positions * inv_freq`` in float64 (position 100000 times a frequency near 1 has
-  no float32-accurate cosine), rounded to float32 only as cos/sin; the tables are cached per positions
-  (every layer's q and k share them).
-- **Attention** groups the query heads that share a KV head into the rows of one matrix product per KV
-  head, so K and V are never repeated; the softmax subtracts the row maximum.
+  no float32-accurate cosine), rounded to float32 only as cos/sin (times the attention scaling); the
+  tables are cached on the bytes of the positions and of inv_freq (every layer's q and k share them).
+- **Attention** never repeats K/V: the query heads of a group are rows against their KV head.  Scores
+  are in log2 units (scale and log2 e folded into q; with a softcap c, q carries scale / c and tanh's
+  result is multiplied by c log2 e).  Causal, sliding-window and padding masks hide keys; a row with no
+  visible key gets zero weights, so a zero output (never 0 / 0).  Fused prefill works in blocks of
+  queries that multiply only the keys they may see (a causal prefill skips ~40% of the products); a
+  fused decode step computes its weights in one kernel and its output in one BLAS product.
 
-Kernels write into their output buffer in place wherever they can (``out=``, ``*=``); the two that
-need scratch space (the exact GELU, layer_norm's sum of squares) work through the input in chunks of
-``_CHUNK`` elements, so their scratch buffers stay in the L2 cache.
+NumPy kernels write into their output buffer in place wherever they can (``out=``, ``*=``); the two
+that need scratch space (the exact GELU, layer_norm's sum of squares) work through the input in chunks
+of ``_CHUNK`` elements, so their scratch buffers stay in the L2 cache.
 """
 
 from __future__ import annotations
@@ -590,13 +622,32 @@ def _attention_fused(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
     off = sk - sq
     first_key = max(0, off - window + 1) if window is not None else 0
     qb = sq if not causal else max(32, -(-sq // 8))   # at most 8 query blocks of >= 32 queries
+    blocks = []
     for i0 in range(0, sq, qb):
         i1 = min(sq, i0 + qb)
         lo = max(first_key, i0 + off - window + 1) if window is not None else 0
-        hi = i1 + off if causal else sk
-        s = np.matmul(q2[:, :, i0 * g:i1 * g], kt[:, :, :, lo:hi])
-        fz.softmax_block_serial(s, sq, sk, i0, g, lo, causal, window or 0, cap, has_cap, mask, has_mask)
-        np.matmul(s, v[:, :, lo:hi], out=out2[:, :, i0 * g:i1 * g])
+        blocks.append((i0, i1, lo, i1 + off if causal else sk))
+
+    def heads(bs, js):
+        m = mask[bs] if has_mask else mask
+        for i0, i1, lo, hi in blocks:
+            s = np.matmul(q2[bs, js, i0 * g:i1 * g], kt[bs, js, :, lo:hi])
+            fz.softmax_block_serial(s, sq, sk, i0, g, lo, causal, window or 0, cap, has_cap, m, has_mask)
+            np.matmul(s, v[bs, js, lo:hi], out=out2[bs, js, i0 * g:i1 * g])
+
+    # Large prefills are split over the KV heads (or the batch) between Python threads: the BLAS
+    # products and the softmax kernel release the GIL, and one prefill's ms dwarfs a hand-off.
+    n = _runtime.THREADS
+    split = None
+    if b * h * sq * sk * d >= _PAR_MIN["attention_split"] and n > 1:
+        axis_len, on_kv = (kv, True) if kv >= n else (b, False)
+        if axis_len >= 2:
+            cuts = [axis_len * i // min(n, axis_len) for i in range(min(n, axis_len) + 1)]
+            split = [slice(cuts[i], cuts[i + 1]) for i in range(len(cuts) - 1)]
+    full = slice(None)
+    if split is None or not _runtime.run_split(
+            lambda i: heads(full, split[i]) if on_kv else heads(split[i], full), len(split)):
+        heads(full, full)
     return np.ascontiguousarray(out2.reshape(b, kv, sq, g, d).transpose(0, 1, 3, 2, 4)).reshape(b, h, sq, d)
 
 
