@@ -12,10 +12,19 @@ and imports no Numba):
   (``OPENBLAS_NUM_THREADS`` ...) this does not change.
 
 :func:`configure` changes the same settings at run time (the tests use it to run every kernel on
-every path).  Parallel kernels run on Numba's thread pool; one parallel kernel runs at a time (a
-second thread calling an op meanwhile runs the serial kernel, so the plugin stays thread-safe with
-every Numba threading layer), and none runs in a child process forked after the pool started
-(GNU OpenMP is not fork-safe): the child uses the serial kernels.
+every path).  Two ways to use the threads:
+
+- :func:`run_parallel`: a ``parallel=True`` Numba kernel on Numba's thread pool (OpenMP, TBB or its
+  own workqueue), for the norms, activations, large add/mul, RoPE and a decode step's attention
+  weights.  Waking it costs 5-10 µs.
+- :func:`run_split`: a few Python threads for an op that alternates BLAS products with fused kernels
+  (a long attention prefill); each part runs serial kernels.  Numba's pool cannot call BLAS, and
+  waking it between two BLAS products makes its spinning threads fight BLAS's own for the cores.
+
+Either way one parallel op runs at a time (a second thread calling an op meanwhile runs it serially,
+so the plugin stays thread-safe with every Numba threading layer), and no Numba parallel kernel runs
+in a child process forked after the pool started (GNU OpenMP is not fork-safe): the child uses the
+serial kernels, and a fresh Python thread pool.
 """
 
 from __future__ import annotations
