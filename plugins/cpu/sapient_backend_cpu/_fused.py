@@ -55,11 +55,12 @@ _ROUND = _F32(12582912.0)          # 1.5 * 2**23: (z + _ROUND) - _ROUND rounds |
 
 @njit(**_OPTS)
 def _exp2(z):
-    """2**z for float32 z: inf above 128, gradual underflow below -126, 0 below -150 (and for NaN:
-    the callers' formulas keep NaN through their other operand)."""
-    z = z if z > _F32(-252.0) else _F32(-252.0)
-    z = z if z < _F32(252.0) else _F32(252.0)
-    n = (z + _ROUND) - _ROUND
+    """2**z for float32 z: inf above 128, gradual underflow below -126, 0 below -150 and at -inf, NaN
+    for NaN (the integer part is taken from a NaN-free copy: converting NaN to an integer is undefined)."""
+    z = _F32(-252.0) if z < _F32(-252.0) else z        # comparisons with NaN are False: NaN stays
+    z = _F32(252.0) if z > _F32(252.0) else z
+    zi = z if z == z else _F32(0.0)
+    n = (zi + _ROUND) - _ROUND
     f = z - n
     p = _F32(1.0) + f * (_E1 + f * (_E2 + f * (_E3 + f * (_E4 + f * (_E5 + f * (_E6 + f * _E7))))))
     ni = np.int32(n)
@@ -318,12 +319,21 @@ def _tanh(z):
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "nnan", "nsz"})
 def _max_of(a):
-    """max(a) (-inf if empty), vectorised: a max is exact in any order, and a NaN score makes its row
-    NaN anyway (through its own weight), whatever the max."""
+    """max(a) (-inf if empty), vectorised: a max is exact in any order.  NaN scores are skipped (the
+    vector max returns its other operand); a NaN score still makes its row NaN, through its own weight
+    exp2(NaN - max), and a row of NaN only (max -inf) is caught by _softmax_row."""
     m = _NEG_INF
     for t in range(a.shape[0]):
         m = max(m, a[t])
     return m
+
+
+@njit(**_OPTS)
+def _any_nan(a):
+    for t in range(a.shape[0]):
+        if a[t] != a[t]:
+            return True
+    return False
 
 
 @njit(**_SUM_OPTS)
@@ -384,8 +394,8 @@ def _softmax_row(srow, t_lo, t_hi, cap, has_cap, kv_mask, has_mask, b, key0):
     if has_mask:
         _hide_masked(seg, kv_mask[b, key0 + t_lo:key0 + t_hi])
     m = _max_of(seg)
-    if m == _NEG_INF:                                 # every key of the range is padding
-        _fill(seg, _F32(0.0))
+    if m == _NEG_INF:                                 # every key of the range is padding ...
+        _fill(seg, _F32(np.nan) if _any_nan(seg) else _F32(0.0))   # ... or NaN (the vector max skips NaN)
         return
     _exp2_shifted(seg, m)
     _scale(seg, _F32(1.0) / _sum_of(seg))

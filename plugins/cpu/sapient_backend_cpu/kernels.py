@@ -553,10 +553,13 @@ def apply_rope_partial(x, positions, base, rotary_dim):
 
 # --- attention ---------------------------------------------------------------------------------------
 
+_NEG_INF32 = np.float32(-np.inf)
+
+
 @functools.lru_cache(maxsize=64)
-def _mask_bias(sq, sk, first_key, causal, window):
-    """(Sq, Sk - first_key) float32: 0 where query i (absolute position p = i + Sk - Sq) may see key
-    first_key + j, -inf elsewhere; None when every key is visible."""
+def _hidden_keys(sq, sk, first_key, causal, window):
+    """(Sq, Sk - first_key) bool: True where query i (absolute position p = i + Sk - Sq) may not see
+    key first_key + j; None when every key is visible."""
     if not causal:
         return None
     i = np.arange(sq)[:, None]
@@ -567,9 +570,9 @@ def _mask_bias(sq, sk, first_key, causal, window):
         visible &= j > p - window
     if visible.all():
         return None
-    bias = np.where(visible, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)
-    bias.setflags(write=False)
-    return bias
+    hidden = ~visible
+    hidden.setflags(write=False)
+    return hidden
 
 
 _NO_MASK = np.ones((1, 1), bool)
@@ -674,13 +677,13 @@ def _attention_numpy(q, k, v, kv, causal, scale, window, softcap, kv_mask):
         np.tanh(scores, out=scores)
         scores *= _f32c(softcap * _LOG2E)
     s5 = scores.reshape(b, kv, g, sq, skw)           # a view: the group's query heads on axis 2
-    bias = _mask_bias(sq, sk, first_key, bool(causal), window)
-    if bias is not None:
-        s5 += bias
+    # Hidden scores are replaced by -inf, not added to: a NaN key that a mask hides must not leak
+    hidden = _hidden_keys(sq, sk, first_key, bool(causal), window)
+    if hidden is not None:
+        np.copyto(s5, _NEG_INF32, where=hidden)
     maybe_empty = kv_mask is not None
     if maybe_empty:
-        kv_bias = np.where(np.asarray(kv_mask, dtype=bool), np.float32(0.0), np.float32(-np.inf))
-        s5 += kv_bias.astype(np.float32).reshape(b, 1, 1, 1, skw)
+        np.copyto(s5, _NEG_INF32, where=~np.asarray(kv_mask, dtype=bool).reshape(b, 1, 1, 1, skw))
     row_max = scores.max(axis=-1, keepdims=True)
     if maybe_empty:
         row_max[row_max == -np.inf] = 0.0            # a row that sees no key: exp2(-inf - 0) = 0 below
