@@ -422,11 +422,14 @@ def _block_row(s, row, sq, sk, i0, groups, key0, causal, window, cap, has_cap, k
 @njit(**_OPTS)
 def softmax_block_serial(s, sq, sk, i0, groups, key0, causal, window, cap, has_cap, kv_mask, has_mask):
     """In place: the scores of a block of queries (rows i0 ... in (query, head) order, keys key0 ...)
-    become softmax weights under the causal / window / padding masks and the softcap.  Serial only:
-    it runs between two BLAS products, and Numba's thread pool waking between them fights BLAS's own
-    spinning threads for the cores (7-150 ms instead of 3 ms for a 128-token prefill on 2 loaded
-    cores); the products themselves use BLAS's threads."""
+    become softmax weights under the causal / window / padding masks and the softcap."""
     for row in range(s.shape[0] * s.shape[1] * s.shape[2]):
+        _block_row(s, row, sq, sk, i0, groups, key0, causal, window, cap, has_cap, kv_mask, has_mask)
+
+
+@njit(parallel=True, **_OPTS)
+def softmax_block_parallel(s, sq, sk, i0, groups, key0, causal, window, cap, has_cap, kv_mask, has_mask):
+    for row in prange(s.shape[0] * s.shape[1] * s.shape[2]):
         _block_row(s, row, sq, sk, i0, groups, key0, causal, window, cap, has_cap, kv_mask, has_mask)
 
 

@@ -12,19 +12,16 @@ and imports no Numba):
   (``OPENBLAS_NUM_THREADS`` ...) this does not change.
 
 :func:`configure` changes the same settings at run time (the tests use it to run every kernel on
-every path).  Two ways to use the threads:
+every path).  :func:`run_parallel` runs a ``parallel=True`` Numba kernel on Numba's thread pool
+(OpenMP, TBB or its own workqueue); waking it costs 5-10 µs.  One parallel kernel runs at a time (a
+second thread calling an op meanwhile runs the serial kernel, so the plugin stays thread-safe with
+every Numba threading layer), and none runs in a child process forked after the pool started (GNU
+OpenMP is not fork-safe): the child uses the serial kernels.  Matrix products run on BLAS's threads;
+GOMP_SPINCOUNT (below) keeps the two pools from fighting for the cores.
 
-- :func:`run_parallel`: a ``parallel=True`` Numba kernel on Numba's thread pool (OpenMP, TBB or its
-  own workqueue), for the norms, activations, large add/mul, RoPE and a decode step's attention
-  weights.  Waking it costs 5-10 µs.
-- :func:`run_split`: a few Python threads for an op that alternates BLAS products with fused kernels
-  (a long attention prefill); each part runs serial kernels.  Numba's pool cannot call BLAS, and
-  waking it between two BLAS products makes its spinning threads fight BLAS's own for the cores.
-
-Either way one parallel op runs at a time (a second thread calling an op meanwhile runs it serially,
-so the plugin stays thread-safe with every Numba threading layer), and no Numba parallel kernel runs
-in a child process forked after the pool started (GNU OpenMP is not fork-safe): the child uses the
-serial kernels, and a fresh Python thread pool.
+(Measured and dropped: splitting a long attention prefill over the KV heads between Python threads.
+With BLAS on two threads as well, it was slower than BLAS's threads plus the parallel softmax: 1456
+against 1285 µs for a 128-token prefill on 2 cores.)
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ import threading
 
 logger = logging.getLogger("sapient_core")
 
-__all__ = ["configure", "info", "fused", "run_parallel", "run_split", "PARALLEL_MIN"]
+__all__ = ["configure", "info", "fused", "run_parallel", "PARALLEL_MIN"]
 
 _UNLOADED = object()
 
@@ -49,7 +46,7 @@ THREADS = 0
 #: Measured on 2 cores (benchmarks/bench_cpu_vs_torch.py): below these, waking the second thread
 #: (~5-10 µs with Numba's OpenMP pool) costs more than half the kernel.
 PARALLEL_MIN = {"elementwise": 1 << 16, "activation": 1 << 15, "norm": 1 << 15, "rope": 1 << 15,
-                "attention": 1 << 17, "attention_split": 1 << 22}
+                "attention": 1 << 17}
 _DEFAULT_MIN = dict(PARALLEL_MIN)
 
 _parallel_ok = True                  # False in a child forked after the thread pool started
@@ -57,7 +54,6 @@ _pool_started = False
 _lock = threading.Lock()             # one parallel kernel at a time
 _load_lock = threading.Lock()
 _tls = threading.local()
-_pool = None                         # ThreadPoolExecutor for run_split (created on first use)
 _fused_setting = None                # None: from the environment; True / False: configure()
 _threads_setting = None
 
@@ -162,29 +158,6 @@ def _tame_openmp_spinning():
         os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
 
 
-def run_split(part, nparts):
-    """Run ``part(i)`` for i < nparts on THREADS Python threads (part 0 on the calling thread) and
-    return True; or return False without running anything, as :func:`run_parallel`.  For ops that
-    alternate BLAS products and fused kernels, all of which release the GIL: a Python thread's
-    hand-off costs 20-50 µs here, so only ops of a millisecond or more use it."""
-    global _pool
-    if THREADS < 2 or not _lock.acquire(blocking=False):
-        return False
-    try:
-        if _pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-            _pool = ThreadPoolExecutor(max_workers=THREADS - 1, thread_name_prefix="sapient-cpu")
-        futures = [_pool.submit(part, i) for i in range(1, nparts)]
-        try:
-            part(0)
-        finally:
-            for f in futures:
-                f.result()
-    finally:
-        _lock.release()
-    return True
-
-
 def configure(*, fused=None, threads=None, parallel_min=None, reset=False):
     """Change the fast-path settings at run time (thread-unsafe: call it while no op runs).
 
@@ -195,7 +168,7 @@ def configure(*, fused=None, threads=None, parallel_min=None, reset=False):
     :param reset: back to the environment's settings and the measured thresholds first.
     :returns: :func:`info` after the change.
     """
-    global FUSED, _fused_setting, _threads_setting, _pool
+    global FUSED, _fused_setting, _threads_setting
     with _load_lock:
         if reset:
             _fused_setting = _threads_setting = None
@@ -209,9 +182,6 @@ def configure(*, fused=None, threads=None, parallel_min=None, reset=False):
         if parallel_min is not None:
             for key in PARALLEL_MIN:
                 PARALLEL_MIN[key] = int(parallel_min)
-        if _pool is not None and threads is not None:
-            _pool.shutdown(wait=True)
-            _pool = None
         FUSED = _UNLOADED                                # resolved again on the next op
     return info()
 
@@ -232,10 +202,9 @@ def info():
 
 
 def _after_fork_in_child():
-    global _parallel_ok, _pool
+    global _parallel_ok
     if _pool_started:
         _parallel_ok = False
-    _pool = None                     # its threads did not survive the fork: a new one when needed
 
 
 if hasattr(os, "register_at_fork"):

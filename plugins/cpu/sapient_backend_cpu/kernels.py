@@ -625,32 +625,15 @@ def _attention_fused(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
     off = sk - sq
     first_key = max(0, off - window + 1) if window is not None else 0
     qb = sq if not causal else max(32, -(-sq // 8))   # at most 8 query blocks of >= 32 queries
-    blocks = []
     for i0 in range(0, sq, qb):
         i1 = min(sq, i0 + qb)
-        lo = max(first_key, i0 + off - window + 1) if window is not None else 0
-        blocks.append((i0, i1, lo, i1 + off if causal else sk))
-
-    def heads(bs, js):
-        m = mask[bs] if has_mask else mask
-        for i0, i1, lo, hi in blocks:
-            s = np.matmul(q2[bs, js, i0 * g:i1 * g], kt[bs, js, :, lo:hi])
-            fz.softmax_block_serial(s, sq, sk, i0, g, lo, causal, window or 0, cap, has_cap, m, has_mask)
-            np.matmul(s, v[bs, js, lo:hi], out=out2[bs, js, i0 * g:i1 * g])
-
-    # Large prefills are split over the KV heads (or the batch) between Python threads: the BLAS
-    # products and the softmax kernel release the GIL, and one prefill's ms dwarfs a hand-off.
-    n = _runtime.THREADS
-    split = None
-    if b * h * sq * sk * d >= _PAR_MIN["attention_split"] and n > 1:
-        axis_len, on_kv = (kv, True) if kv >= n else (b, False)
-        if axis_len >= 2:
-            cuts = [axis_len * i // min(n, axis_len) for i in range(min(n, axis_len) + 1)]
-            split = [slice(cuts[i], cuts[i + 1]) for i in range(len(cuts) - 1)]
-    full = slice(None)
-    if split is None or not _runtime.run_split(
-            lambda i: heads(full, split[i]) if on_kv else heads(split[i], full), len(split)):
-        heads(full, full)
+        lo = max(first_key, i0 + off - window + 1) if window is not None else 0   # query i0's first key
+        hi = i1 + off if causal else sk                                           # query i1-1's last
+        s = np.matmul(q2[:, :, i0 * g:i1 * g], kt[:, :, :, lo:hi])
+        args = (s, sq, sk, i0, g, lo, causal, window or 0, cap, has_cap, mask, has_mask)
+        if s.size * d < par or not _run_parallel(fz.softmax_block_parallel, *args):
+            fz.softmax_block_serial(*args)
+        np.matmul(s, v[:, :, lo:hi], out=out2[:, :, i0 * g:i1 * g])
     return np.ascontiguousarray(out2.reshape(b, kv, sq, g, d).transpose(0, 1, 3, 2, 4)).reshape(b, h, sq, d)
 
 
