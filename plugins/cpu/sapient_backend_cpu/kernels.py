@@ -14,20 +14,23 @@ test on both, and on the parallel versions of the fused kernels):
 
 Matrix products (linear, logits, the attention products) are NumPy's BLAS on both paths.
 
-Why Numba, measured on the 2-core AMD EPYC (Zen 4, AVX-512) of the project's machines, one thread,
-[1, 128, 5632] float32 (``benchmarks/bench_cpu_vs_torch.py`` has the whole table, torch 2.13 beside):
+Why Numba, measured on the project's 2-core AMD EPYC (Zen 4, AVX-512) machines, one thread unless
+said, best of many samples (``benchmarks/bench_cpu_vs_torch.py`` prints the whole table, with torch
+2.13 beside; figures of one run at load average 0.5-1.3):
 
-- silu: NumPy 4 passes 342 µs; numexpr 2.14 ``x/(1+exp(-x))`` 2538 µs (numexpr evaluates exp with
-  scalar libm calls, NumPy with SIMD); Numba 243 µs (torch 293 µs).  Exact GELU: NumPy 1521 µs,
-  Numba 432 µs (torch 334 µs).  layer_norm [1, 128, 2048]: NumPy 427 µs, Numba 61 µs (torch 80 µs).
-- Two threads: a Python thread pool splitting NumPy calls costs 21-58 µs per hand-off on these
-  machines (more than a whole 1 MiB add, 34 µs), so only Numba's ``prange`` (OpenMP-style pool, 5-10
-  µs) parallelises ops of this size: add [1, 128, 2048] 39 -> 24 µs.
+- silu [1, 128, 5632]: the NumPy kernel (4 passes) 342 µs; numexpr 2.14 ``x/(1+exp(-x))`` 2538 µs
+  (numexpr calls scalar libm ``exp`` per element, NumPy uses SIMD); Numba 252 µs; torch 292 µs.
+  Exact GELU: NumPy kernel 1521 µs, Numba 446 µs, torch 330 µs.  layer_norm [1, 128, 2048]: NumPy
+  kernel 427 µs, Numba 61 µs, torch 76 µs.  numexpr has no erf and no fused row reductions either.
+- Two threads: a Python thread pool splitting NumPy calls costs 21-58 µs per hand-off here (more than
+  a whole 1 MiB add, 34 µs), so only Numba's ``prange`` on its OpenMP pool (5-10 µs to wake)
+  parallelises ops of this size: add [1, 128, 2048] 35 -> 24 µs, layer_norm 61 -> 34 µs.
 - The price: a dependency (numba and llvmlite: 4 + 60 MB of wheels, 210 MB installed; PyPI wheels
-  for Linux, macOS and Windows; numba bounds NumPy from above, e.g. 0.68 needs numpy<2.6),
-  its import on the first op (~0.2-0.3 s; ``import sapient_backend_cpu`` imports no Numba), and a
-  one-time compilation per machine (~10-20 s for all kernels, cached on disk; a warm process loads
-  them all in ~0.4 s; ``python -m sapient_backend_cpu --compile`` does it ahead).
+  for Linux, macOS and Windows; numba bounds NumPy from above, e.g. 0.68 needs numpy<2.6), its import
+  on the first op (~0.3 s; ``import sapient_backend_cpu`` imports no Numba), and a one-time
+  compilation per machine (~20 s for every kernel on a loaded 2-core machine, 0.5-1.5 s per op,
+  cached on disk; a warm process loads them all in ~0.4 s; ``python -m sapient_backend_cpu
+  --compile`` does it ahead).
 
 The numerical choices, each measured against the float64 oracles:
 
@@ -50,9 +53,11 @@ The numerical choices, each measured against the float64 oracles:
 - **Attention** never repeats K/V: the query heads of a group are rows against their KV head.  Scores
   are in log2 units (scale and log2 e folded into q; with a softcap c, q carries scale / c and tanh's
   result is multiplied by c log2 e).  Causal, sliding-window and padding masks hide keys; a row with no
-  visible key gets zero weights, so a zero output (never 0 / 0).  Fused prefill works in blocks of
-  queries that multiply only the keys they may see (a causal prefill skips ~40% of the products); a
-  fused decode step computes its weights in one kernel and its output in one BLAS product.
+  visible key gets zero weights, so a zero output (never 0 / 0); masks replace scores by -inf rather
+  than add to them, so a NaN in a hidden key never leaks.  Fused prefill works in blocks of queries
+  that multiply only the keys they may see (a causal prefill skips ~40% of the products), with a
+  fused masked softmax between two BLAS products; a fused decode step computes its weights (scores,
+  softcap, masks, softmax) in one kernel and its output in one BLAS product.
 
 NumPy kernels write into their output buffer in place wherever they can (``out=``, ``*=``); the two
 that need scratch space (the exact GELU, layer_norm's sum of squares) work through the input in chunks
