@@ -1,10 +1,12 @@
 """Fused float32 kernels compiled with Numba: the fast path of :mod:`sapient_backend_cpu.kernels`.
 
 Imported lazily, by ``kernels`` on the first op call that can use it (``import sapient_backend_cpu``
-never imports Numba).  Every function here works on C-contiguous float32 arrays that ``kernels`` has
-already prepared, writes into a caller-provided output, and exists twice: ``*_serial`` and
-``*_parallel`` (``prange`` over ``nchunks`` blocks of rows or elements, on Numba's thread pool).
-Both call the same ``_*_range`` body, so the two paths compute bit-identical results.
+never imports Numba).  Every public function here works on C-contiguous float32 arrays that
+``kernels`` has already prepared and writes into a caller-provided output; most exist twice,
+``*_serial`` and ``*_parallel`` (a flat ``prange`` over elements, rows or tasks, on Numba's thread
+pool), both calling the same per-element or per-row function, so the two compute bit-identical
+results (``tests/test_cpu_paths.py`` checks it).  add/mul exist only in parallel (on one thread
+NumPy's own loop is as fast).
 
 Why these choices (measured on the x86-64 machine of ``benchmarks/bench_cpu_vs_torch.py``):
 
@@ -15,9 +17,15 @@ Why these choices (measured on the x86-64 machine of ``benchmarks/bench_cpu_vs_t
 - ``error_model="numpy"``: a float division by zero gives inf/NaN as in NumPy, instead of a Python
   ``ZeroDivisionError`` check in every loop iteration (which keeps LLVM from vectorising: silu took
   5.9 ms instead of 0.25 ms at [1, 128, 5632]).
-- ``fastmath={"contract"}`` only (fused multiply-add): no ``nnan``/``ninf`` (inf and NaN must keep
-  their IEEE meaning, the tests check them) and no reassociation except in the float64 row sums of
-  the norms (``_sum64``, ``_sumsq64``), where the order cannot matter at float32 precision.
+- Loops index from 0 (slices, or row functions): an index that may be negative as far as LLVM can
+  tell gets Numba's wrap-around test on every access and the loop stays scalar, and a ``prange`` over
+  chunks whose inner loop sits in a called function was not vectorised either (2.4-3.3 ms instead of
+  0.15 ms for silu); the layouts below are the measured fast ones.
+- ``fastmath={"contract"}`` (fused multiply-add) and nothing else, except in the reductions: the
+  float64 row sums of the norms and the attention dot products and row sums (``reassoc``: vectorised
+  with 8-16 lanes, an order whose error stays within the tested bounds) and the row maximum of the
+  softmax (``nnan``: a max is exact in any order; NaN handled by its caller).  No ``nnan``/``ninf``
+  elsewhere: inf and NaN keep their IEEE meaning, and the tests check them.
 - :func:`_exp2` is written out (Cody-Waite reduction to [-1/2, 1/2], a degree-7 polynomial, the scale
   2**n built from its bits in two halves so that overflow to inf and gradual underflow are exact):
   LLVM cannot vectorise a call to libm's ``expf``, and this vectorises to AVX-512/AVX2/NEON.  Its
