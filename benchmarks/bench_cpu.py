@@ -1,5 +1,8 @@
 """Benchmarks of the CPU reference backend at Llama-like shapes: ``python benchmarks/bench_cpu.py``.
 
+(For the comparison with torch, one and two threads, each library in its own process, see
+``benchmarks/bench_cpu_vs_torch.py``.)
+
 Prints four tables, all measured in one run (best of several repeats; no assertions anywhere):
 
 1. per-op timings of ``get_backend("cpu")`` at H=2048, 32 query / 8 KV heads of 64, MLP 8192, for a
@@ -206,11 +209,14 @@ def overhead_table(be, quick):
     print("Interleaved rounds, best of each; the validation column is CHECKS[op] called alone (part of the overhead).\n")
     print(f"| {'op':<22} | {'kernel µs':>9} | {'backend µs':>10} | {'overhead µs':>11} | {'of which validation':>19}")
     print(f"|{'-' * 24}|{'-' * 11}|{'-' * 12}|{'-' * 13}|{'-' * 21}")
+    # the kernels take the contract-v2 arguments too (None: the v1 behaviour)
+    v2_extra = {"gqa_attention": (None, None, None, None)}
     for op, args in cases.items():
         direct, via_backend, check = getattr(kernels, op), getattr(be, op), CHECKS[op]
+        kargs = args + v2_extra.get(op, ())
         t_k, t_b, t_c = [], [], []
         for _ in range(3 if quick else 7):
-            t_k.append(timeit.timeit(lambda: direct(*args), number=n) / n)
+            t_k.append(timeit.timeit(lambda: direct(*kargs), number=n) / n)
             t_b.append(timeit.timeit(lambda: via_backend(*args), number=n) / n)
             t_c.append(timeit.timeit(lambda: check(*args), number=n) / n)
         k_, b_, c_ = min(t_k), min(t_b), min(t_c)

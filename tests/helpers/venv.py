@@ -75,12 +75,14 @@ def _make_venv(prefix: str, *, kit: bool) -> Venv:
     shutil.copytree(REPO / "plugins" / "cpu", src / "cpu", ignore=shutil.ignore_patterns(
         "__pycache__", "*.egg-info", "build", "dist", "tests", ".pytest_cache"))
     venv = Venv(root, src)
+    import numba
     import numpy
     import pluggy
     import pydantic
-    # setuptools>=77 (the SPDX license string) for the --no-build-isolation installs below.
+    # setuptools>=77 (the SPDX license string) for the --no-build-isolation installs below; numba, as the
+    # CPU plugin depends on it (without it the plugin runs its NumPy kernels and warns).
     deps = [f"numpy=={numpy.__version__}", f"pluggy=={pluggy.__version__}", f"pydantic=={pydantic.__version__}",
-            "wheel", "setuptools>=77"]
+            f"numba=={numba.__version__}", "wheel", "setuptools>=77"]
     local = [str(src / "cpu"), str(src / "core")]
     if kit:
         import ml_dtypes

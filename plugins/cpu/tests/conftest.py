@@ -1,5 +1,12 @@
 """Fixtures for the CPU plugin's tests: every op is run both through the backend object
-(``sapient_core.get_backend("cpu")``: validation + dispatch) and as the raw kernel function."""
+(``sapient_core.get_backend("cpu")``: validation + dispatch) and as the raw kernel function, and on
+each of the plugin's code paths (fixture ``path``):
+
+- ``numpy``: the NumPy kernels (``SAPIENT_CPU_FUSED=0``);
+- ``fused``: the fused Numba kernels on the calling thread (``SAPIENT_CPU_THREADS=1``);
+- ``parallel``: the fused kernels' parallel versions, forced for every input size (two threads; with
+  one CPU, Numba runs the same parallel code on one thread).
+"""
 
 from __future__ import annotations
 
@@ -40,18 +47,33 @@ class KernelsWithDefaults:
         return kernels.apply_rope(x, positions, inv_freq, attention_scaling)
 
 
+PATHS = {
+    "numpy": dict(fused=False, threads=1),
+    "fused": dict(fused=True, threads=1),
+    "parallel": dict(fused=True, threads=2, parallel_min=0),
+}
+
+
+@pytest.fixture(params=list(PATHS))
+def path(request):
+    """Run the test on one code path (see the module docstring), then restore the defaults."""
+    state = kernels.configure(reset=True, **PATHS[request.param])
+    # Numba is a dependency of the plugin: a fused path that silently ran NumPy would test nothing
+    assert state["fused"] == (request.param != "numpy"), state
+    yield request.param
+    kernels.configure(reset=True)
+
+
 @pytest.fixture(params=["backend", "kernels"])
-def ops(request, cpu_backend):
+def ops(request, cpu_backend, path):
     """Something with one attribute per op: the backend object, or the kernels (v2 arguments defaulted)."""
     return cpu_backend if request.param == "backend" else KernelsWithDefaults()
 
 
-@pytest.fixture
-def k2():
-    """The kernels with the contract-v2 arguments (the running core's hookspecs are still v1, so the
-    v2 semantics are tested on the kernels directly; once the v2 core lands, run these through the
-    backend object as well)."""
-    return KernelsWithDefaults()
+@pytest.fixture(params=["backend", "kernels"])
+def k2(request, cpu_backend, path):
+    """The contract-v2 semantics through the backend object (validation + dispatch) and on the kernels."""
+    return cpu_backend if request.param == "backend" else KernelsWithDefaults()
 
 
 @pytest.fixture

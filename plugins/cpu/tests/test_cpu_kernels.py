@@ -298,3 +298,120 @@ def test_activations_match_the_formula_at_infinities_without_warnings(ops, name)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
     assert y[0] == np.inf and y[3] == y[4] == np.float32(3.0e38)
     np.testing.assert_allclose(y[5:], ref[5:], rtol=1e-6)
+
+
+# --- hardening: 0-d inputs, B = S = 0 logits, negative strides, eps placement -----------------------
+
+@pytest.mark.parametrize("name", ["silu", "gelu_none", "gelu_tanh", "add", "mul"])
+@pytest.mark.parametrize("value", [1.5, -3.0, 0.0, -100.0])
+def test_elementwise_ops_on_0d_arrays(ops, name, value):
+    """Validation accepts 0-d arrays for the elementwise ops: the result is a 0-d float32 ndarray."""
+    x = np.array(value, F32)
+    f, ref = {"silu": (ops.silu, oracle.silu), "gelu_none": (lambda a: ops.gelu(a, "none"), oracle.gelu),
+              "gelu_tanh": (lambda a: ops.gelu(a, "tanh"), lambda a: oracle.gelu(a, "tanh")),
+              "add": (lambda a: ops.add(a, a), lambda a: oracle.add(a, a)),
+              "mul": (lambda a: ops.mul(a, np.array(2.5, F32)), lambda a: oracle.mul(a, 2.5))}[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = f(x)
+    _f32_result(y, ())
+    want = ref(x[None])[0] if name not in ("add", "mul") else ref(x)
+    np.testing.assert_allclose(y, want, rtol=4e-6 * (1 + abs(value)), atol=1e-37)
+
+
+def test_logits_of_an_empty_batch_with_no_positions(ops):
+    """B = 0 and S = 0 (validation allows it: there is no row that lacks a last position)."""
+    y = ops.logits_from_hidden(np.zeros((0, 0, 8), F32), np.ones((11, 8), F32))
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == (0, 11)
+    y = ops.all_logits_from_hidden(np.zeros((0, 0, 8), F32), np.ones((11, 8), F32))
+    assert y.shape == (0, 0, 11) and y.dtype == np.float32
+
+
+def _flips(rng, *shape, **kw):
+    """The same kind of data as a C-contiguous array would carry, as three negative-stride views."""
+    base = _randn(rng, *shape, **kw)
+    return [base[..., ::-1], np.flip(base), base[::-1]]
+
+
+def test_negative_strides_on_every_op(ops, rng):
+    """x[..., ::-1], np.flip(x) and flipped weights: every op gives the oracle's result on the view."""
+    for x in _flips(rng, 2, 5, 64):
+        w = _randn(rng, 32, 64)[::-1, ::-1]
+        bias = _randn(rng, 32)[::-1]
+        nw = _randn(rng, 64, loc=1.0, scale=0.2)[::-1]
+        nb = _randn(rng, 64, scale=0.1)[::-1]
+        assert_within(ops.linear_3d(x, w), oracle.linear_3d(x, w), dot_bound(x, w), "linear_3d flipped")
+        assert_within(ops.linear_3d_bias(x, w, bias), oracle.linear_3d_bias(x, w, bias), dot_bound(x, w, bias),
+                      "linear_3d_bias flipped")
+        ref = oracle.rms_norm(x, nw, 1e-6)
+        assert_within(ops.rms_norm(x, nw, 1e-6), ref, 8 * EPS * np.abs(ref), "rms_norm flipped")
+        ref = oracle.layer_norm(x, nw, nb, 1e-5)
+        assert_within(ops.layer_norm(x, nw, nb, 1e-5), ref, 8 * EPS * (np.abs(ref) + np.abs(nw) + np.abs(nb)),
+                      "layer_norm flipped")
+        x64 = x.astype(np.float64)
+        ref = oracle.silu(x)
+        assert_within(ops.silu(x), ref, 3 * EPS * (1 + np.abs(x64)) * np.abs(ref) + 1e-37, "silu flipped")
+        ref = oracle.gelu(x)
+        assert_within(ops.gelu(x, "none"), ref, 4 * EPS * (1 + x64 ** 2) * np.abs(ref) + 1e-37, "gelu flipped")
+        ref = oracle.gelu(x, "tanh")
+        u2 = 2 * np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3)          # as in test_gelu_tanh
+        assert_within(ops.gelu(x, "tanh"), ref, 4 * EPS * (1 + np.abs(u2) * np.log2(np.e)) * np.abs(ref) + 1e-37,
+                      "gelu tanh flipped")
+        for op in ("add", "mul"):
+            for other in (x[::-1], nw, x[:, ::-1]):
+                ref = getattr(oracle, op)(x, other)
+                assert_within(getattr(ops, op)(x, other), ref, U * np.abs(ref), f"{op} flipped")
+        head = _randn(rng, 40, 64, scale=0.1)[::-1]
+        assert_within(ops.logits_from_hidden(x, head), oracle.logits_from_hidden(x, head),
+                      dot_bound(x[:, -1], head), "logits flipped")
+        assert_within(ops.all_logits_from_hidden(x, head), oracle.all_logits_from_hidden(x, head),
+                      dot_bound(x, head), "all_logits flipped")
+    for x in _flips(rng, 2, 4, 6, 64):
+        pos = np.arange(10, 16)[::-1]
+        assert_within(ops.apply_rope_positions(x, pos, 10000.0), oracle.apply_rope_positions(x, pos, 10000.0),
+                      _rope_bound(x, 64), "rope flipped")
+        assert_within(ops.apply_rope_partial(x, pos, 10000.0, 16), oracle.apply_rope_partial(x, pos, 10000.0, 16),
+                      _rope_bound(x, 16), "rope partial flipped")
+        k, v = _randn(rng, 2, 2, 9, 64)[:, ::-1, ::-1], np.flip(_randn(rng, 2, 2, 9, 64))
+        assert_within(ops.gqa_attention(x, k, v, 2, True), oracle.gqa_attention(x, k, v, 2, True),
+                      attention_bound(x, k, v, 2), "attention flipped")
+
+
+@pytest.mark.parametrize("eps", [1e-6, 1e-5, 1e-2])
+def test_rms_norm_eps_inside_the_square_root(ops, rng, eps):
+    """Rows whose mean(x^2) is comparable to eps (and an all-zero row): eps moved outside the square
+    root, or dropped, changes these outputs by far more than the 8 EPS bound (zero rows would be NaN)."""
+    ms = np.array([1e-3, 1.0, 1e3])[:, None] * eps                      # mean(x^2) / eps = 1e-3, 1, 1e3
+    x = (rng.standard_normal((3, 256)) * np.sqrt(ms)).astype(F32)
+    x = np.concatenate([x, np.zeros((1, 256), F32)])
+    w = _randn(rng, 256, loc=1.0, scale=0.2)
+    y = _f32_result(ops.rms_norm(x, w, eps), x.shape)
+    ref = oracle.rms_norm(x, w, eps)
+    assert_within(y, ref, 8 * EPS * np.abs(ref), f"rms_norm eps={eps}")
+    np.testing.assert_array_equal(y[3], 0.0)
+    x64 = x.astype(np.float64)
+    rms = np.sqrt(np.mean(x64 ** 2, axis=-1, keepdims=True))
+    # the data tell the formula apart from eps outside the root and from no eps (rows 0-2)
+    bound = (8 * EPS * np.abs(ref[:3])).max()
+    for wrong in (x64[:3] / (rms[:3] + eps) * w, x64[:3] / rms[:3] * w):
+        assert np.abs(wrong - ref[:3]).max() > 100 * bound
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-3])
+def test_layer_norm_eps_inside_the_square_root(ops, rng, eps):
+    """Rows of tiny variance around a large mean (var / eps = 1e-3 .. 1e3) and a constant row: eps
+    outside the square root or dropped would fail the bound (the constant row would be NaN)."""
+    var = np.array([1e-3, 1.0, 1e3])[:, None] * eps
+    x = (5.0 + rng.standard_normal((3, 512)) * np.sqrt(var)).astype(F32)
+    x = np.concatenate([x, np.full((1, 512), 7.0, F32)])
+    w, bias = _randn(rng, 512, loc=1.0, scale=0.2), _randn(rng, 512, scale=0.1)
+    y = _f32_result(ops.layer_norm(x, w, bias, eps), x.shape)
+    ref = oracle.layer_norm(x, w, bias, eps)
+    assert_within(y, ref, 8 * EPS * (np.abs(ref) + np.abs(w) + np.abs(bias)), f"layer_norm eps={eps}")
+    np.testing.assert_array_equal(y[3], bias)                            # (x - mean) = 0 exactly
+    x64 = x.astype(np.float64)[:3]
+    c = x64 - x64.mean(-1, keepdims=True)
+    sd = np.sqrt(np.mean(c ** 2, -1, keepdims=True))
+    bound = (8 * EPS * (np.abs(ref[:3]) + np.abs(w) + np.abs(bias))).max()
+    for wrong in (c / (sd + eps) * w + bias, c / sd * w + bias):
+        assert np.abs(wrong - ref[:3]).max() > 100 * bound

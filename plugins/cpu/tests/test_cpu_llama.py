@@ -28,8 +28,8 @@ def _close(got, want, what):
     assert err <= REL * scale, f"{what}: max error {err:.3e} > {REL} * {scale:.3e}"
 
 
-@pytest.fixture(scope="module")
-def models(cpu_backend):
+@pytest.fixture
+def models(cpu_backend, path):                  # on every code path of the plugin (conftest.PATHS)
     w = random_weights(CONFIG, seed=3)
     return Llama(cpu_backend, CONFIG, w), Llama(OracleBackend(), CONFIG, w)
 

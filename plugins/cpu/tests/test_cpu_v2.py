@@ -309,3 +309,43 @@ def test_embedding(k2, rng, dtype):
     np.testing.assert_array_equal(k2.embedding(ids, table[::-1]), oracle.embedding(ids, table[::-1]))
     _f32_result(k2.embedding(np.zeros((0, 4), np.int64), table), (0, 4, 16))
     _f32_result(k2.embedding(np.zeros((2, 0), np.int64), table), (2, 0, 16))
+
+
+# --- NaN: where the formula has it, and nowhere a mask hides it ---------------------------------------
+
+@pytest.mark.parametrize("sq", [1, 5])
+def test_attention_nan_query_makes_its_row_nan_only(k2, rng, sq):
+    q, k, v = _qkv(rng, 2, 4, 2, sq, 9)
+    q[1, 2, sq - 1, 3] = np.nan                               # one query row of one head
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = k2.gqa_attention(q, k, v, 2, True, kv_mask=np.ones((2, 9), bool))
+    with np.errstate(invalid="ignore"):
+        ref = oracle.gqa_attention(q, k, v, 2, True)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    assert np.isnan(y[1, 2, sq - 1]).all() and np.isnan(y).sum() == y.shape[-1]
+
+
+def test_attention_nan_in_hidden_keys_does_not_leak(k2, rng):
+    """A NaN key that padding, causality or the window hides never reaches that query's output (the
+    oracle only ever weighs visible keys; masks must replace scores, not add to them); where the key is
+    visible, the row is NaN, as in the oracle."""
+    q, k, v = _qkv(rng, 2, 4, 2, 4, 10)                       # queries at p = 6, 7, 8, 9
+    mask = np.ones((2, 10), bool)
+    mask[1, 5] = False
+    k[1, :, 5] = np.nan                                       # padding (batch row 1)
+    k[:, :, 8] = np.nan                                       # hidden from p = 6, 7 by causality
+    k[:, :, 1] = np.nan                                       # outside every window of 4 (p - 4 < j)
+    for sq in (4, 1):
+        qq, want_nan_rows = q[:, :, 4 - sq:], (2, 3) if sq == 4 else (0,)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            y = k2.gqa_attention(qq, k, v, 2, True, sliding_window=4, kv_mask=mask)
+        with np.errstate(invalid="ignore"):
+            ref = oracle.gqa_attention(qq, k, v, 2, True, sliding_window=4, kv_mask=mask)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+        nan_rows = sorted({int(i) for i in np.argwhere(np.isnan(y).any(axis=-1))[:, 2]})
+        assert nan_rows == list(want_nan_rows), nan_rows
+        fin = np.isfinite(ref)
+        bound = attention_bound(qq, np.nan_to_num(k), v, 2)
+        assert_within(np.where(fin, y, 0), np.where(fin, ref, 0), bound, f"hidden NaN keys, Sq={sq}")

@@ -1,0 +1,479 @@
+"""Fused float32 kernels compiled with Numba: the fast path of :mod:`sapient_backend_cpu.kernels`.
+
+Imported lazily, by ``kernels`` on the first op call that can use it (``import sapient_backend_cpu``
+never imports Numba).  Every public function here works on C-contiguous float32 arrays that
+``kernels`` has already prepared and writes into a caller-provided output; most exist twice,
+``*_serial`` and ``*_parallel`` (a flat ``prange`` over elements, rows or tasks, on Numba's thread
+pool), both calling the same per-element or per-row function, so the two compute bit-identical
+results (``tests/test_cpu_paths.py`` checks it).  add/mul exist only in parallel (on one thread
+NumPy's own loop is as fast).
+
+Why these choices (measured on the x86-64 machine of ``benchmarks/bench_cpu_vs_torch.py``):
+
+- ``nogil=True``: the kernels may run from several Python threads at once.
+- ``cache=True``: the machine code is cached beside this file (or in Numba's user cache directory
+  when that is read-only), so only the first process after an install or an upgrade compiles; later
+  processes load each kernel in milliseconds.
+- ``error_model="numpy"``: a float division by zero gives inf/NaN as in NumPy, instead of a Python
+  ``ZeroDivisionError`` check in every loop iteration (which keeps LLVM from vectorising: silu took
+  5.9 ms instead of 0.25 ms at [1, 128, 5632]).
+- Loops index from 0 (slices, or row functions): an index that may be negative as far as LLVM can
+  tell gets Numba's wrap-around test on every access and the loop stays scalar, and a ``prange`` over
+  chunks whose inner loop sits in a called function was not vectorised either (2.4-3.3 ms instead of
+  0.15 ms for silu); the layouts below are the measured fast ones.
+- ``fastmath={"contract"}`` (fused multiply-add) and nothing else, except in the reductions: the
+  float64 row sums of the norms and the attention dot products and row sums (``reassoc``: vectorised
+  with 8-16 lanes, an order whose error stays within the tested bounds) and the row maximum of the
+  softmax (``nnan``: a max is exact in any order; NaN handled by its caller).  No ``nnan``/``ninf``
+  elsewhere: inf and NaN keep their IEEE meaning, and the tests check them.
+- :func:`_exp2` is written out (Cody-Waite reduction to [-1/2, 1/2], a degree-7 polynomial, the scale
+  2**n built from its bits in two halves so that overflow to inf and gradual underflow are exact):
+  LLVM cannot vectorise a call to libm's ``expf``, and this vectorises to AVX-512/AVX2/NEON.  Its
+  relative error is below 0.6 float32 epsilons on [-150, 130].
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange, types
+from numba.core.extending import intrinsic
+
+_F32 = np.float32
+_OPTS = dict(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+_SUM_OPTS = dict(nogil=True, cache=True, error_model="numpy", fastmath={"contract", "reassoc"})
+
+
+@intrinsic
+def _int_bits_as_f32(typingctx, x):
+    """The float32 whose bit pattern is the int32 ``x`` (a register bitcast: vectorises)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+    return sig, codegen
+
+
+# 2**f = exp(f ln 2) on [-1/2, 1/2]: Taylor coefficients (ln 2)^k / k!, k <= 7 (truncation < 2e-9)
+_LN2 = math.log(2.0)
+_E1, _E2, _E3, _E4, _E5, _E6, _E7 = (_F32(_LN2 ** k / math.factorial(k)) for k in range(1, 8))
+_ROUND = _F32(12582912.0)          # 1.5 * 2**23: (z + _ROUND) - _ROUND rounds |z| < 2**22 to an integer
+
+
+@njit(**_OPTS)
+def _exp2(z):
+    """2**z for float32 z: inf above 128, gradual underflow below -126, 0 below -150 and at -inf, NaN
+    for NaN (the integer part is taken from a NaN-free copy: converting NaN to an integer is undefined)."""
+    z = _F32(-252.0) if z < _F32(-252.0) else z        # comparisons with NaN are False: NaN stays
+    z = _F32(252.0) if z > _F32(252.0) else z
+    zi = z if z == z else _F32(0.0)
+    n = (zi + _ROUND) - _ROUND
+    f = z - n
+    p = _F32(1.0) + f * (_E1 + f * (_E2 + f * (_E3 + f * (_E4 + f * (_E5 + f * (_E6 + f * _E7))))))
+    ni = np.int32(n)
+    h = ni >> 1                                        # 2**n = 2**h * 2**(n - h), each in range
+    s1 = _int_bits_as_f32((h + np.int32(127)) << 23)
+    s2 = _int_bits_as_f32((ni - h + np.int32(127)) << 23)
+    return (p * s1) * s2
+
+
+# --- elementwise --------------------------------------------------------------------------------------
+# One scalar function per op, and a serial and a parallel loop over it.  (A ``prange`` over chunks that
+# each run an inner loop in a called function is not vectorised by Numba 0.68 when the loop divides:
+# 2.4-3.3 ms instead of 0.15 ms for silu at [1, 128, 5632]; a flat ``prange`` over the elements is.)
+
+_NEG_LOG2E = _F32(-math.log2(math.e))
+
+
+@njit(**_OPTS)
+def _silu1(v):
+    return v / (_F32(1.0) + _exp2(v * _NEG_LOG2E))     # x / inf = -0 for x < -88: exact
+
+
+@njit(**_OPTS)
+def silu_serial(x, out):
+    for i in range(x.size):
+        out[i] = _silu1(x[i])
+
+
+@njit(parallel=True, **_OPTS)
+def silu_parallel(x, out):
+    for i in prange(x.size):
+        out[i] = _silu1(x[i])
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_T0 = _F32(-2.0 * _SQRT_2_OVER_PI * math.log2(math.e))
+_T1 = _F32(-2.0 * _SQRT_2_OVER_PI * 0.044715 * math.log2(math.e))
+
+
+@njit(**_OPTS)
+def _gelu_tanh1(v):
+    # 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), exp(-2u) = exp2(x (T0 + T1 x^2))
+    return v / (_F32(1.0) + _exp2(v * (_T0 + _T1 * (v * v))))
+
+
+@njit(**_OPTS)
+def gelu_tanh_serial(x, out):
+    for i in range(x.size):
+        out[i] = _gelu_tanh1(x[i])
+
+
+@njit(parallel=True, **_OPTS)
+def gelu_tanh_parallel(x, out):
+    for i in prange(x.size):
+        out[i] = _gelu_tanh1(x[i])
+
+
+# The exact GELU, x Phi(x) = relu(x) - |x| Q(|x|), with Q(a) = B0 exp(-a^2/2) / T(a) and T the
+# continued fraction of kernels.erfc (same coefficients, so the same fit error).
+_B0 = _F32(0.39882864903757953)
+_C1, _C2, _C3, _C4 = (_F32(c) for c in (-0.012019892008941624, 2.0664574741391224, 4.1844797037591945,
+                                         1.2230397441763585))
+_BETA1, _BETA2, _BETA3 = (_F32(b) for b in (1.2236257786155562, -10.282636237600679, 17.533390885703046))
+_NEG_HALF_LOG2E = _F32(-0.5 * math.log2(math.e))
+_INF = _F32(np.inf)
+_BIG = _F32(1e4)
+
+
+@njit(**_OPTS)
+def _gelu_erf1(v):
+    a = abs(v)
+    ac = a if a < _BIG else _BIG                      # T(a) of a finite a: no inf / inf
+    t = ac + _C4
+    t = _BETA3 / t + ac + _C3
+    t = _BETA2 / t + ac + _C2
+    t = _BETA1 / t + ac + _C1
+    q = a * (_B0 * _exp2((v * v) * _NEG_HALF_LOG2E) / t)   # |x| Q(|x|); x = -inf: inf * 0 = NaN, as the formula
+    r = _F32(0.0) if v < _F32(0.0) else v             # relu that keeps NaN
+    return v if v == _INF else r - q                  # +inf: the limit, not inf - NaN
+
+
+@njit(**_OPTS)
+def gelu_erf_serial(x, out):
+    for i in range(x.size):
+        out[i] = _gelu_erf1(x[i])
+
+
+@njit(parallel=True, **_OPTS)
+def gelu_erf_parallel(x, out):
+    for i in prange(x.size):
+        out[i] = _gelu_erf1(x[i])
+
+
+@njit(parallel=True, **_OPTS)
+def add_parallel(a, b, out):
+    """a, out (rows, m); b (rows, m) or (1, m).  Only parallel: on one thread NumPy's loop is as fast."""
+    m = a.shape[1]
+    step = 0 if b.shape[0] == 1 else 1
+    for r in prange(a.shape[0]):
+        rb = r * step
+        for j in range(m):
+            out[r, j] = a[r, j] + b[rb, j]
+
+
+@njit(parallel=True, **_OPTS)
+def mul_parallel(a, b, out):
+    """As :func:`add_parallel`, for a * b."""
+    m = a.shape[1]
+    step = 0 if b.shape[0] == 1 else 1
+    for r in prange(a.shape[0]):
+        rb = r * step
+        for j in range(m):
+            out[r, j] = a[r, j] * b[rb, j]
+
+
+# --- norms --------------------------------------------------------------------------------------------
+# One pass of float64 row statistics (8 lanes, reassociated freely: at float64 the order cannot change
+# the float32 result), around a shift c = the row's first element (so that the one-pass variance
+# E[(x-c)^2] - E[x-c]^2 cancels nothing: |mean - c| is of the order of the spread, unlike the mean
+# itself, which may be 1e4 times the spread), then one float32 pass for the output.  The mean enters
+# that pass as a float32 pair hi + lo, so (x - hi) - lo keeps the float64 mean's accuracy.
+
+@njit(**_SUM_OPTS)
+def _shifted_sums64(x, r, c):
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(x.shape[1]):
+        z = np.float64(x[r, i]) - c
+        s1 += z
+        s2 += z * z
+    return s1, s2
+
+
+@njit(**_SUM_OPTS)
+def _sumsq64(x, r):
+    s = 0.0
+    for i in range(x.shape[1]):
+        z = np.float64(x[r, i])
+        s += z * z
+    return s
+
+
+@njit(**_OPTS)
+def _rms_norm_row(x, w, eps, out, r):
+    d = x.shape[1]
+    inv = np.float32(1.0 / math.sqrt(_sumsq64(x, r) / d + eps))
+    for i in range(d):
+        out[r, i] = (x[r, i] * inv) * w[i]
+
+
+@njit(**_OPTS)
+def rms_norm_serial(x, w, eps, out):
+    for r in range(x.shape[0]):
+        _rms_norm_row(x, w, eps, out, r)
+
+
+@njit(parallel=True, **_OPTS)
+def rms_norm_parallel(x, w, eps, out):
+    for r in prange(x.shape[0]):
+        _rms_norm_row(x, w, eps, out, r)
+
+
+@njit(**_OPTS)
+def _layer_norm_row(x, w, b, has_bias, eps, out, r):
+    d = x.shape[1]
+    c = np.float64(x[r, 0])
+    s1, s2 = _shifted_sums64(x, r, c)
+    dm = s1 / d
+    var = max(s2 / d - dm * dm, 0.0)
+    mean = c + dm
+    hi = np.float32(mean)
+    lo = np.float32(mean - np.float64(hi))
+    inv = np.float32(1.0 / math.sqrt(var + eps))
+    if has_bias:
+        for i in range(d):
+            out[r, i] = ((x[r, i] - hi) - lo) * (inv * w[i]) + b[i]
+    else:
+        for i in range(d):
+            out[r, i] = ((x[r, i] - hi) - lo) * (inv * w[i])
+
+
+@njit(**_OPTS)
+def layer_norm_serial(x, w, b, has_bias, eps, out):
+    for r in range(x.shape[0]):
+        _layer_norm_row(x, w, b, has_bias, eps, out, r)
+
+
+@njit(parallel=True, **_OPTS)
+def layer_norm_parallel(x, w, b, has_bias, eps, out):
+    for r in prange(x.shape[0]):
+        _layer_norm_row(x, w, b, has_bias, eps, out, r)
+
+
+# --- rope ---------------------------------------------------------------------------------------------
+
+@njit(**_OPTS)
+def _rope_row(x, cos, sin, out, b, r):
+    # x, out (B, H*S, D); cos, sin (1 or B, S, R/2); row r of batch b is position r % S.  (Indexing the
+    # 3-D arrays directly: slicing six views per row costs more than the rotation, 167 vs 106 µs.)
+    d = x.shape[2]
+    half = cos.shape[2]
+    s = r % cos.shape[1]
+    bc = b if cos.shape[0] != 1 else 0
+    for i in range(half):
+        x1 = x[b, r, i]
+        x2 = x[b, r, half + i]
+        c = cos[bc, s, i]
+        sn = sin[bc, s, i]
+        out[b, r, i] = x1 * c - x2 * sn
+        out[b, r, half + i] = x2 * c + x1 * sn
+    for i in range(2 * half, d):
+        out[b, r, i] = x[b, r, i]
+
+
+@njit(**_OPTS)
+def rope_serial(x, cos, sin, out):
+    for b in range(x.shape[0]):
+        for r in range(x.shape[1]):
+            _rope_row(x, cos, sin, out, b, r)
+
+
+@njit(parallel=True, **_OPTS)
+def rope_parallel(x, cos, sin, out):
+    rows = x.shape[1]
+    for br in prange(x.shape[0] * rows):
+        _rope_row(x, cos, sin, out, br // rows, br % rows)
+
+
+# --- attention ----------------------------------------------------------------------------------------
+# The matrix products run in NumPy's BLAS (register-tiled: a Numba loop nest reached a quarter of its
+# speed for Q K^T at prefill); Numba does what BLAS cannot fuse: the masked, soft-capped softmax of each
+# score row, in place, and for a decode step also the scores themselves (one query per head: a dot
+# product per key, 2.3x faster here than NumPy's matmul against the transposed K view).
+# Scores are in log2 units: q carries scale * log2(e) (or scale / c with a softcap c, and the capped
+# score is multiplied by c log2(e)), so the softmax is exp2(s - max).  A row with no visible key gives
+# zero weights (so a zero output row), never 0 / 0.
+
+_NEG_INF = _F32(-np.inf)
+_TWO_LOG2E = _F32(2.0 * math.log2(math.e))
+
+
+@njit(**_OPTS)
+def _tanh(z):
+    """tanh for float32 z via exp2: absolute error ~ 2 float32 epsilons (what the softcap needs:
+    c * tanh(s / c) to float32 precision of c)."""
+    a = abs(z)
+    e = _exp2(a * -_TWO_LOG2E)                         # exp(-2|z|), in (0, 1]
+    t = (_F32(1.0) - e) / (_F32(1.0) + e)
+    return -t if z < _F32(0.0) else t
+
+
+# Each loop of the row softmax is its own small function over a slice (indices from 0): inside one
+# large function LLVM stops inlining _exp2 into the loop, and an index lo + t that may be negative as
+# far as LLVM knows gets Numba's wrap-around test on every access; either keeps the loop scalar
+# (4 ns instead of 0.9 ns per score).
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "nnan", "nsz"})
+def _max_of(a):
+    """max(a) (-inf if empty), vectorised: a max is exact in any order.  NaN scores are skipped (the
+    vector max returns its other operand); a NaN score still makes its row NaN, through its own weight
+    exp2(NaN - max), and a row of NaN only (max -inf) is caught by _softmax_row."""
+    m = _NEG_INF
+    for t in range(a.shape[0]):
+        m = max(m, a[t])
+    return m
+
+
+@njit(**_OPTS)
+def _any_nan(a):
+    for t in range(a.shape[0]):
+        if a[t] != a[t]:
+            return True
+    return False
+
+
+@njit(**_SUM_OPTS)
+def _sum_of(a):
+    """sum(a) in float32, vectorised (16 lanes, unrolled: error ~ (n / 64 + 6) u, below a pairwise
+    sum's for the row lengths of attention)."""
+    s = _F32(0.0)
+    for t in range(a.shape[0]):
+        s += a[t]
+    return s
+
+
+@njit(**_OPTS)
+def _fill(a, value):
+    for t in range(a.shape[0]):
+        a[t] = value
+
+
+@njit(**_OPTS)
+def _cap(a, cap):
+    for t in range(a.shape[0]):
+        a[t] = cap * _tanh(a[t])
+
+
+@njit(**_OPTS)
+def _hide_masked(a, visible):
+    for t in range(a.shape[0]):
+        if not visible[t]:
+            a[t] = _NEG_INF
+
+
+@njit(**_OPTS)
+def _exp2_shifted(a, m):
+    for t in range(a.shape[0]):
+        a[t] = _exp2(a[t] - m)                        # exp2(-inf) = 0 for masked keys
+
+
+@njit(**_OPTS)
+def _scale(a, factor):
+    for t in range(a.shape[0]):
+        a[t] *= factor
+
+
+@njit(**_OPTS)
+def _softmax_row(srow, t_lo, t_hi, cap, has_cap, kv_mask, has_mask, b, key0):
+    """Replace the scores ``srow`` by their softmax weights over the visible keys: local indices in
+    [t_lo, t_hi) whose ``kv_mask[b, key0 + t]`` is True (when has_mask); every other weight is 0."""
+    nk = srow.shape[0]
+    t_lo = min(max(t_lo, 0), nk)
+    t_hi = max(min(t_hi, nk), t_lo)
+    _fill(srow[:t_lo], _F32(0.0))
+    _fill(srow[t_hi:], _F32(0.0))
+    if t_hi == t_lo:
+        return
+    seg = srow[t_lo:t_hi]
+    if has_cap:
+        _cap(seg, cap)
+    if has_mask:
+        _hide_masked(seg, kv_mask[b, key0 + t_lo:key0 + t_hi])
+    m = _max_of(seg)
+    if m == _NEG_INF:                                 # every key of the range is padding ...
+        _fill(seg, _F32(np.nan) if _any_nan(seg) else _F32(0.0))   # ... or NaN (the vector max skips NaN)
+        return
+    _exp2_shifted(seg, m)
+    _scale(seg, _F32(1.0) / _sum_of(seg))
+
+
+@njit(**_OPTS)
+def _block_row(s, row, sq, sk, i0, groups, key0, causal, window, cap, has_cap, kv_mask, has_mask):
+    # s (B, KV, R, nk): R = (query block) x (query heads of the group), rows in (query, head) order
+    nkv = s.shape[1]
+    rows = s.shape[2]
+    b = row // (nkv * rows)
+    r = row % rows
+    j = (row // rows) % nkv
+    p = i0 + r // groups + sk - sq                    # the query's absolute position
+    t_lo = 0
+    t_hi = s.shape[3]
+    if causal:
+        t_hi = p + 1 - key0
+        if window > 0:
+            t_lo = p - window + 1 - key0
+    _softmax_row(s[b, j, r], t_lo, t_hi, cap, has_cap, kv_mask, has_mask, b, key0)
+
+
+@njit(**_OPTS)
+def softmax_block_serial(s, sq, sk, i0, groups, key0, causal, window, cap, has_cap, kv_mask, has_mask):
+    """In place: the scores of a block of queries (rows i0 ... in (query, head) order, keys key0 ...)
+    become softmax weights under the causal / window / padding masks and the softcap."""
+    for row in range(s.shape[0] * s.shape[1] * s.shape[2]):
+        _block_row(s, row, sq, sk, i0, groups, key0, causal, window, cap, has_cap, kv_mask, has_mask)
+
+
+@njit(parallel=True, **_OPTS)
+def softmax_block_parallel(s, sq, sk, i0, groups, key0, causal, window, cap, has_cap, kv_mask, has_mask):
+    for row in prange(s.shape[0] * s.shape[1] * s.shape[2]):
+        _block_row(s, row, sq, sk, i0, groups, key0, causal, window, cap, has_cap, kv_mask, has_mask)
+
+
+@njit(**_SUM_OPTS)
+def _dot(q, b, j, g, k, t):
+    s = _F32(0.0)
+    for e in range(q.shape[3]):
+        s += q[b, j, g, e] * k[b, j, t, e]
+    return s
+
+
+@njit(**_OPTS)
+def _decode_task(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p, task):
+    # one (batch row, KV head): the scores of every query head of the group, key-major so that each
+    # K row is read once for the whole group, then each row's softmax
+    nkv = q.shape[1]
+    b = task // nkv
+    j = task % nkv
+    groups = q.shape[2]
+    nk = p.shape[3]
+    for t in range(nk):
+        for g in range(groups):
+            p[b, j, g, t] = _dot(q, b, j, g, k, lo + t) * fold
+    for g in range(groups):
+        _softmax_row(p[b, j, g], 0, nk, cap, has_cap, kv_mask, has_mask, b, lo)
+
+
+@njit(**_OPTS)
+def decode_weights_serial(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p):
+    """A decode step's softmax weights: q (B, KV, G, d), k (B, KV, Sk, d), keys lo ... lo + nk - 1
+    (then kv_mask); p (B, KV, G, nk) receives the weights."""
+    for task in range(q.shape[0] * q.shape[1]):
+        _decode_task(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p, task)
+
+
+@njit(parallel=True, **_OPTS)
+def decode_weights_parallel(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p):
+    for task in prange(q.shape[0] * q.shape[1]):
+        _decode_task(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p, task)

@@ -1,0 +1,211 @@
+"""The CPU plugin's fast-path switches: whether the fused Numba kernels run, and on how many threads.
+
+Read once, when the first op that can use a fused kernel runs (importing this module reads nothing
+and imports no Numba):
+
+- ``SAPIENT_CPU_FUSED``: ``1`` (default) uses the fused kernels of :mod:`._fused` when Numba imports;
+  ``0`` runs the NumPy kernels only.
+- ``SAPIENT_CPU_THREADS``: the threads a fused kernel may use (an integer >= 1).  Default: the CPUs
+  this process may run on (``os.sched_getaffinity``, else ``os.cpu_count()``).  Large inputs only:
+  below the per-op sizes in :data:`PARALLEL_MIN` a kernel runs on the calling thread, since waking a
+  second thread costs more than it saves.  Matrix products are NumPy's BLAS, whose own thread count
+  (``OPENBLAS_NUM_THREADS`` ...) this does not change.
+
+:func:`configure` changes the same settings at run time (the tests use it to run every kernel on
+every path).  :func:`run_parallel` runs a ``parallel=True`` Numba kernel on Numba's thread pool
+(OpenMP, TBB or its own workqueue); waking it costs 5-10 µs.  One parallel kernel runs at a time (a
+second thread calling an op meanwhile runs the serial kernel, so the plugin stays thread-safe with
+every Numba threading layer), and none runs in a child process forked after the pool started (GNU
+OpenMP is not fork-safe): the child uses the serial kernels.  Matrix products run on BLAS's threads;
+GOMP_SPINCOUNT (below) keeps the two pools from fighting for the cores.
+
+(Measured and dropped: splitting a long attention prefill over the KV heads between Python threads.
+With BLAS on two threads as well, it was slower than BLAS's threads plus the parallel softmax: 1456
+against 1285 µs for a 128-token prefill on 2 cores.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+logger = logging.getLogger("sapient_core")
+
+__all__ = ["configure", "info", "fused", "run_parallel", "PARALLEL_MIN"]
+
+_UNLOADED = object()
+
+#: The fused-kernel module once loaded, None when the NumPy kernels are to run, or _UNLOADED.
+FUSED = _UNLOADED
+#: Why the fused kernels are off (when they are).
+REASON = ""
+#: Threads a parallel kernel may use (resolved on first use).
+THREADS = 0
+#: Element counts from which a kernel runs in parallel (when THREADS > 1), per kind of kernel.
+#: Measured on 2 cores (benchmarks/bench_cpu_vs_torch.py): below these, waking the second thread
+#: (~5-10 µs with Numba's OpenMP pool) costs more than half the kernel.
+PARALLEL_MIN = {"elementwise": 1 << 16, "activation": 1 << 15, "norm": 1 << 15, "rope": 1 << 15,
+                "attention": 1 << 17}
+_DEFAULT_MIN = dict(PARALLEL_MIN)
+
+_parallel_ok = True                  # False in a child forked after the thread pool started
+_pool_started = False
+_lock = threading.Lock()             # one parallel kernel at a time
+_load_lock = threading.Lock()
+_tls = threading.local()
+_fused_setting = None                # None: from the environment; True / False: configure()
+_threads_setting = None
+
+
+def _default_threads():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _env_threads():
+    raw = os.environ.get("SAPIENT_CPU_THREADS", "").strip()
+    if not raw:
+        return _default_threads()
+    try:
+        n = int(raw)
+        if n < 1:
+            raise ValueError
+        return n
+    except ValueError:
+        logger.warning("SAPIENT_CPU_THREADS=%r is not an integer >= 1; using %d (the CPUs available). "
+                       "To remedy this, set it to e.g. 1 or 2", raw, _default_threads())
+        return _default_threads()
+
+
+def _want_fused():
+    if _fused_setting is not None:
+        return _fused_setting
+    raw = os.environ.get("SAPIENT_CPU_FUSED", "1").strip().lower()
+    if raw in ("0", "false", "off", "no"):
+        return False
+    if raw not in ("1", "true", "on", "yes", ""):
+        logger.warning("SAPIENT_CPU_FUSED=%r is not 0 or 1; using the fused kernels (1)", raw)
+    return True
+
+
+def load():
+    """Resolve the settings and import the fused kernels if they are wanted: the module or None."""
+    global FUSED, REASON, THREADS
+    with _load_lock:
+        if FUSED is not _UNLOADED:
+            return FUSED
+        THREADS = _threads_setting or _env_threads()
+        if not _want_fused():
+            REASON = "switched off (SAPIENT_CPU_FUSED=0 or configure(fused=False))"
+            FUSED = None
+            return None
+        try:
+            from . import _fused
+        except Exception as exc:  # noqa: BLE001 - Numba missing or broken: the NumPy kernels serve
+            REASON = f"Numba unavailable ({type(exc).__name__}: {exc})"
+            logger.warning("sapient-backend-cpu: the fused kernels are off: %s; the NumPy kernels run "
+                           "instead (slower). To remedy this: pip install numba", REASON)
+            FUSED = None
+            return None
+        REASON = ""
+        FUSED = _fused
+        return _fused
+
+
+def fused():
+    """The fused-kernel module, or None when the NumPy kernels are to run."""
+    fz = FUSED
+    return load() if fz is _UNLOADED else fz
+
+
+def run_parallel(kernel, *args):
+    """Run ``kernel(*args)`` (a ``parallel=True`` Numba kernel) on THREADS threads and return True;
+    return False without running it when it must not run in parallel now (one thread configured, a
+    forked child, or another thread's parallel kernel running): the caller then runs the serial one."""
+    global _pool_started
+    if THREADS < 2 or not _parallel_ok or not _lock.acquire(blocking=False):
+        return False
+    try:
+        if not _pool_started:
+            _tame_openmp_spinning()
+            _pool_started = True
+        if getattr(_tls, "threads", 0) != THREADS:      # Numba's thread count is per calling thread
+            import numba
+            numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
+            _tls.threads = THREADS
+        kernel(*args)
+    finally:
+        _lock.release()
+    return True
+
+
+#: GNU OpenMP's spin count for Numba's pool, unless the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT.
+#: libgomp's default (300000 spins, milliseconds) keeps a core busy after every parallel kernel while
+#: the next op, often a BLAS product with its own threads, needs it: one Llama layer on 2 threads took
+#: 114 ms (prefill) and 10.4 ms (decode, KV 512) instead of 77 and 5.7 ms; 2000 spins (tens of µs)
+#: keep the pool awake between back-to-back kernels (add stays 23 µs; a passive pool makes it 45 µs).
+GOMP_SPINCOUNT = "2000"
+
+
+def _tame_openmp_spinning():
+    """Set GOMP_SPINCOUNT before Numba starts its OpenMP pool (libgomp reads it when it loads), if the
+    user has not chosen a wait policy.  It also applies to any other GNU OpenMP runtime loaded into
+    this process later; set OMP_WAIT_POLICY or GOMP_SPINCOUNT yourself to opt out."""
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
+
+
+def configure(*, fused=None, threads=None, parallel_min=None, reset=False):
+    """Change the fast-path settings at run time (thread-unsafe: call it while no op runs).
+
+    :param fused: True: fused kernels (if Numba imports); False: NumPy kernels only.
+    :param threads: threads for the parallel kernels (>= 1).
+    :param parallel_min: one element count from which every kind of kernel runs in parallel (0: always,
+        for tests), instead of the measured :data:`PARALLEL_MIN`.
+    :param reset: back to the environment's settings and the measured thresholds first.
+    :returns: :func:`info` after the change.
+    """
+    global FUSED, _fused_setting, _threads_setting
+    with _load_lock:
+        if reset:
+            _fused_setting = _threads_setting = None
+            PARALLEL_MIN.update(_DEFAULT_MIN)
+        if fused is not None:
+            _fused_setting = bool(fused)
+        if threads is not None:
+            if int(threads) < 1:
+                raise ValueError(f"configure: threads must be >= 1, got {threads!r}")
+            _threads_setting = int(threads)
+        if parallel_min is not None:
+            for key in PARALLEL_MIN:
+                PARALLEL_MIN[key] = int(parallel_min)
+        FUSED = _UNLOADED                                # resolved again on the next op
+    return info()
+
+
+def info():
+    """What runs now: ``{"fused": bool, "reason": str, "threads": int, "threading_layer": str|None,
+    "parallel_min": dict}``."""
+    fz = fused()
+    layer = None
+    if fz is not None:
+        try:
+            import numba
+            layer = numba.threading_layer()
+        except Exception:  # noqa: BLE001 - no parallel kernel has run yet
+            layer = None
+    return {"fused": fz is not None, "reason": REASON, "threads": THREADS, "threading_layer": layer,
+            "parallel_min": dict(PARALLEL_MIN)}
+
+
+def _after_fork_in_child():
+    global _parallel_ok
+    if _pool_started:
+        _parallel_ok = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
