@@ -17,8 +17,7 @@ accepts (it can happen: a size that still broadcasts) is checked as a valid one.
 Some input classes have tests of their own: negative-stride views (every op, run by MLX itself: no
 fallback), 0-d arrays for the elementwise ops, logits_from_hidden of an empty batch with no positions, a
 NaN or an infinity in a key that the causal mask hides (a CPU reference bug this fuzz found, fixed), and a
-causal attention query whose visible scores are all -inf (an MLX limitation this fuzz found: marked
-``xfail(strict=True)`` with the reason, so a fix is noticed).  Attention is otherwise fuzzed with NaN only,
+causal attention query whose visible scores are all -inf (an MLX bug this fuzz found, fixed).  Attention is otherwise fuzzed with NaN only,
 and with non-finite values only where every key is visible (docs/contract.md: a non-finite value of a
 hidden key leaves the result undefined).
 
@@ -356,9 +355,6 @@ def test_a_special_value_in_a_key_the_causal_mask_hides(backends, special):
     check_same_behaviour(backends, "gqa_attention", (q, k, v, 2, True), expect_valid=True, count=False)
 
 
-@pytest.mark.xfail(strict=True, reason="MLX: in causal attention, a query whose scores are all -inf (an infinity "
-                                       "in the query) gives finite outputs where the float64 oracle and the CPU "
-                                       "reference give NaN; found by this fuzz, for the MLX plugin's owner")
 @pytest.mark.parametrize("special", [np.inf, -np.inf])
 def test_a_query_whose_visible_scores_are_all_minus_infinity(backends, special):
     q, k, v = (np.random.default_rng(seed).standard_normal((1, 1, 2, 4)).astype(F32) for seed in (1, 2, 3))

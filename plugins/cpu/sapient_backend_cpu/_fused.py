@@ -344,6 +344,14 @@ def _any_nan(a):
     return False
 
 
+@njit(**_OPTS)
+def _any_true(a):
+    for t in range(a.shape[0]):
+        if a[t]:
+            return True
+    return False
+
+
 @njit(**_SUM_OPTS)
 def _sum_of(a):
     """sum(a) in float32, vectorised (16 lanes, unrolled: error ~ (n / 64 + 6) u, below a pairwise
@@ -402,8 +410,11 @@ def _softmax_row(srow, t_lo, t_hi, cap, has_cap, kv_mask, has_mask, b, key0):
     if has_mask:
         _hide_masked(seg, kv_mask[b, key0 + t_lo:key0 + t_hi])
     m = _max_of(seg)
-    if m == _NEG_INF:                                 # every key of the range is padding ...
-        _fill(seg, _F32(np.nan) if _any_nan(seg) else _F32(0.0))   # ... or NaN (the vector max skips NaN)
+    if m == _NEG_INF:
+        # Every key of the range is padding: no weights, a zero row.  Otherwise the visible scores are
+        # all -inf (infinite inputs: 0 / 0) or NaN (the vector max skips NaN): a NaN row, as the formula.
+        sees = _any_true(kv_mask[b, key0 + t_lo:key0 + t_hi]) if has_mask else True
+        _fill(seg, _F32(np.nan) if sees or _any_nan(seg) else _F32(0.0))
         return
     _exp2_shifted(seg, m)
     _scale(seg, _F32(1.0) / _sum_of(seg))

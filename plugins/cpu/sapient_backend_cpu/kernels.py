@@ -669,18 +669,24 @@ def _attention_numpy(q, k, v, kv, causal, scale, window, softcap, kv_mask):
     hidden = _hidden_keys(sq, sk, first_key, bool(causal), window)
     if hidden is not None:
         np.copyto(s5, _NEG_INF32, where=hidden)
-    maybe_empty = kv_mask is not None
-    if maybe_empty:
-        np.copyto(s5, _NEG_INF32, where=~np.asarray(kv_mask, dtype=bool).reshape(b, 1, 1, 1, skw))
+    sees = None
+    if kv_mask is not None:
+        visible = np.asarray(kv_mask, dtype=bool).reshape(b, 1, 1, 1, skw)
+        np.copyto(s5, _NEG_INF32, where=~visible)
+        if hidden is not None:
+            visible = visible & ~hidden
+        # whether each query row sees a key at all (the masks alone decide; a row of -inf scores that
+        # sees keys is 0 / 0, NaN, as the formula): shaped to broadcast over (B, KV, g*Sq, 1)
+        sees = np.broadcast_to(visible.any(axis=-1, keepdims=True), (b, 1, g, sq, 1)).reshape(b, 1, g * sq, 1)
     row_max = scores.max(axis=-1, keepdims=True)
-    if maybe_empty:
-        row_max[row_max == -np.inf] = 0.0            # a row that sees no key: exp2(-inf - 0) = 0 below
+    if sees is not None:
+        row_max = np.where(sees, row_max, np.float32(0.0))   # a row that sees no key: exp2(-inf - 0) = 0
     scores -= row_max
     np.exp2(scores, out=scores)
     denom = scores.sum(axis=-1, keepdims=True)
     out = np.matmul(scores, v)                       # (B, KV, g*Sq, d)
-    if maybe_empty:
-        denom[denom == 0.0] = 1.0                    # ... and its output 0 / 1 = 0, never 0 / 0
+    if sees is not None:
+        denom = np.where(sees, denom, np.float32(1.0))       # ... and its output 0 / 1 = 0, never 0 / 0
     out /= denom
     return out.reshape(b, h, sq, d)
 

@@ -349,3 +349,23 @@ def test_attention_nan_in_hidden_keys_does_not_leak(k2, rng):
         fin = np.isfinite(ref)
         bound = attention_bound(qq, np.nan_to_num(k), v, 2)
         assert_within(np.where(fin, y, 0), np.where(fin, ref, 0), bound, f"hidden NaN keys, Sq={sq}")
+
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_a_row_of_minus_infinite_scores_is_nan_but_a_row_that_sees_nothing_is_zero(k2, decode):
+    """0 / 0 where a query sees keys whose scores are all -inf (an infinity in the query); zeros where the masks
+    hide every key; on every path (the NumPy, fused and parallel ones: fixture ``path``)."""
+    rng = np.random.default_rng(7)
+    sq = 1 if decode else 3
+    q = rng.standard_normal((2, 2, sq, 4)).astype(np.float32)
+    k = rng.standard_normal((2, 1, 3, 4)).astype(np.float32)
+    v = rng.standard_normal((2, 1, 3, 4)).astype(np.float32)
+    k[..., 0] = -np.abs(k[..., 0]) - 0.5               # every key's first component < 0 ...
+    q[0, 0, -1, 0] = np.inf                            # ... so this query row scores -inf on every key
+    mask = np.ones((2, 3), bool)
+    mask[1] = False                                    # batch row 1 sees no key at all
+    with np.errstate(all="ignore"):
+        out = np.asarray(k2.gqa_attention(q, k, v, 1, True, None, None, None, mask))
+    assert np.isnan(out[0, 0, -1]).all()               # sees keys, all -inf: NaN
+    assert np.isfinite(out[0, 1]).all() and np.isfinite(out[0, 0, :-1]).all()
+    assert (out[1] == 0).all()                         # sees nothing: zeros (the infinity is not seen either)

@@ -620,6 +620,10 @@ def gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, k
         out = out.reshape(b, h, 1, d)
     else:
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    # An infinity in a query row makes every score of the row infinite or NaN, so the softmax is NaN (as the
+    # formula, the float64 oracle and the CPU reference give); the fused kernel's finite row maximum would
+    # turn a row of -inf scores into finite garbage instead.  One reduction over q, in the same graph.
+    out = mx.where(mx.any(mx.isinf(q), axis=-1, keepdims=True), mx.array(float("nan"), dtype=_F32), out)
     if seen is not None:
         out = mx.where(seen, out, 0.0)
     static = (bool(causal), sliding_window is not None, softcap is not None, kv_mask is not None)
