@@ -189,7 +189,7 @@ def check_linear_3d(x: Any, weight: Any) -> None:
     try:  # fast path: float32 arrays of matching shapes (the common case); anything else is checked fully
         _, _, n = x.shape
         _, m = weight.shape
-        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and (weight.__class__ in _ARRAY_TYPES and (weight.dtype is _F32 or weight.dtype in _F32S))
+        if ((x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (weight.__class__ is _ndarray or weight.__class__ in _ARRAY_TYPES) and (weight.dtype is _F32 or weight.dtype in _F32S)
                 and n == m):
             return
     except (AttributeError, TypeError, ValueError):
@@ -201,8 +201,8 @@ def check_linear_3d_bias(x: Any, weight: Any, bias: Any) -> None:
     try:
         _, _, n = x.shape
         o, m = weight.shape
-        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and (weight.__class__ in _ARRAY_TYPES and (weight.dtype is _F32 or weight.dtype in _F32S))
-                and n == m and (bias is None or ((bias.__class__ in _ARRAY_TYPES and (bias.dtype is _F32 or bias.dtype in _F32S)) and bias.shape == (o,)))):
+        if ((x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (weight.__class__ is _ndarray or weight.__class__ in _ARRAY_TYPES) and (weight.dtype is _F32 or weight.dtype in _F32S)
+                and n == m and (bias is None or ((bias.__class__ is _ndarray or bias.__class__ in _ARRAY_TYPES) and (bias.dtype is _F32 or bias.dtype in _F32S) and bias.shape == (o,)))):
             return
     except (AttributeError, TypeError, ValueError):
         pass
@@ -214,7 +214,7 @@ def check_linear_3d_bias(x: Any, weight: Any, bias: Any) -> None:
 def check_rms_norm(x: Any, weight: Any, eps: Any) -> None:
     try:
         xs = x.shape
-        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and (weight.__class__ in _ARRAY_TYPES and (weight.dtype is _F32 or weight.dtype in _F32S))
+        if ((x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (weight.__class__ is _ndarray or weight.__class__ in _ARRAY_TYPES) and (weight.dtype is _F32 or weight.dtype in _F32S)
                 and xs and weight.shape == xs[-1:]
                 and type(eps) is float and 0 <= eps < _INF):
             return
@@ -236,9 +236,9 @@ def check_rms_norm(x: Any, weight: Any, eps: Any) -> None:
 def check_layer_norm(x: Any, weight: Any, bias: Any, eps: Any) -> None:
     try:
         xs = x.shape
-        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and (weight.__class__ in _ARRAY_TYPES and (weight.dtype is _F32 or weight.dtype in _F32S))
+        if ((x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (weight.__class__ is _ndarray or weight.__class__ in _ARRAY_TYPES) and (weight.dtype is _F32 or weight.dtype in _F32S)
                 and xs and weight.shape == xs[-1:]
-                and (bias is None or ((bias.__class__ in _ARRAY_TYPES and (bias.dtype is _F32 or bias.dtype in _F32S)) and bias.shape == xs[-1:]))
+                and (bias is None or ((bias.__class__ is _ndarray or bias.__class__ in _ARRAY_TYPES) and (bias.dtype is _F32 or bias.dtype in _F32S) and bias.shape == xs[-1:]))
                 and type(eps) is float and 0 <= eps < _INF):
             return
     except (AttributeError, TypeError, ValueError):
@@ -267,7 +267,7 @@ def check_layer_norm(x: Any, weight: Any, bias: Any, eps: Any) -> None:
 
 def check_silu(x: Any) -> None:
     try:
-        if x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S):
+        if (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S):
             return
     except (AttributeError, TypeError, ValueError):
         pass
@@ -276,7 +276,7 @@ def check_silu(x: Any) -> None:
 
 def check_gelu(x: Any, approximate: Any) -> None:
     try:
-        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and type(approximate) is str
+        if ((x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and type(approximate) is str
                 and (approximate == "none" or approximate == "tanh")):
             x.shape
             return
@@ -329,7 +329,7 @@ def _check_binary(op: str, a: Any, b: Any) -> None:
 
 def check_add(a: Any, b: Any) -> None:
     try:
-        if ((a.__class__ in _ARRAY_TYPES and (a.dtype is _F32 or a.dtype in _F32S)) and (b.__class__ in _ARRAY_TYPES and (b.dtype is _F32 or b.dtype in _F32S))
+        if ((a.__class__ is _ndarray or a.__class__ in _ARRAY_TYPES) and (a.dtype is _F32 or a.dtype in _F32S) and (b.__class__ is _ndarray or b.__class__ in _ARRAY_TYPES) and (b.dtype is _F32 or b.dtype in _F32S)
                 and _broadcastable(a.shape, b.shape)):
             return
     except (AttributeError, TypeError, ValueError):
@@ -339,7 +339,7 @@ def check_add(a: Any, b: Any) -> None:
 
 def check_mul(a: Any, b: Any) -> None:
     try:
-        if ((a.__class__ in _ARRAY_TYPES and (a.dtype is _F32 or a.dtype in _F32S)) and (b.__class__ in _ARRAY_TYPES and (b.dtype is _F32 or b.dtype in _F32S))
+        if ((a.__class__ is _ndarray or a.__class__ in _ARRAY_TYPES) and (a.dtype is _F32 or a.dtype in _F32S) and (b.__class__ is _ndarray or b.__class__ in _ARRAY_TYPES) and (b.dtype is _F32 or b.dtype in _F32S)
                 and _broadcastable(a.shape, b.shape)):
             return
     except (AttributeError, TypeError, ValueError):
@@ -369,14 +369,6 @@ def _positions(op: str, x: Any, positions: Any) -> Any:
     return positions
 
 
-def _positions_fast(positions: Any, b: int, s: int) -> bool:
-    """The common case: an integer NumPy array of shape (S,) or (B, S)."""
-    if positions.__class__ is not _ndarray or positions.dtype.kind not in "iu":
-        return False
-    ps = positions.shape
-    return ps == (s,) or ps == (b, s)
-
-
 def _check_rope_x(op: str, x: Any) -> None:
     _float(op, "x", x, {"x": x})
     if len(x.shape) != 4:
@@ -386,8 +378,9 @@ def _check_rope_x(op: str, x: Any) -> None:
 def check_apply_rope_positions(x: Any, positions: Any, base: Any) -> Any:
     try:
         b, _, s, d = x.shape
-        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S)) and not d % 2
-                and _positions_fast(positions, b, s) and type(base) is float and 0 < base < _INF):
+        if ((x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and not d % 2
+                and positions.__class__ is _ndarray and positions.dtype.kind in "iu"
+                and ((positions.ndim == 1 and len(positions) == s) or (positions.ndim == 2 and positions.shape == (b, s))) and type(base) is float and 0 < base < _INF):
             return positions
     except (AttributeError, TypeError, ValueError):
         pass
@@ -404,8 +397,9 @@ def check_apply_rope_positions(x: Any, positions: Any, base: Any) -> Any:
 def check_apply_rope_partial(x: Any, positions: Any, base: Any, rotary_dim: Any) -> Any:
     try:
         b, _, s, d = x.shape
-        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S))
-                and _positions_fast(positions, b, s) and type(base) is float and 0 < base < _INF
+        if ((x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S)
+                and positions.__class__ is _ndarray and positions.dtype.kind in "iu"
+                and ((positions.ndim == 1 and len(positions) == s) or (positions.ndim == 2 and positions.shape == (b, s))) and type(base) is float and 0 < base < _INF
                 and type(rotary_dim) is int and not rotary_dim % 2 and 2 <= rotary_dim <= d):
             return positions
     except (AttributeError, TypeError, ValueError):
@@ -429,9 +423,10 @@ def check_apply_rope(x: Any, positions: Any, inv_freq: Any, attention_scaling: A
     try:
         b, _, s, d = x.shape
         (n,) = inv_freq.shape
-        if ((x.__class__ in _ARRAY_TYPES and (x.dtype is _F32 or x.dtype in _F32S))
-                and (inv_freq.__class__ in _ARRAY_TYPES and (inv_freq.dtype is _F32 or inv_freq.dtype in _F32S))
-                and 1 <= n and 2 * n <= d and _positions_fast(positions, b, s)
+        if ((x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S)
+                and (inv_freq.__class__ is _ndarray or inv_freq.__class__ in _ARRAY_TYPES) and (inv_freq.dtype is _F32 or inv_freq.dtype in _F32S)
+                and 1 <= n and 2 * n <= d and positions.__class__ is _ndarray and positions.dtype.kind in "iu"
+                and ((positions.ndim == 1 and len(positions) == s) or (positions.ndim == 2 and positions.shape == (b, s)))
                 and type(attention_scaling) is float and 0 < attention_scaling < _INF):
             return positions
     except (AttributeError, TypeError, ValueError):
@@ -456,9 +451,9 @@ def check_gqa_attention(q: Any, k: Any, v: Any, n_kv_heads: Any, causal: Any, sc
     try:
         qb, qh, sq, qd = q.shape
         kb, kvh, sk, kd = ks = k.shape
-        if ((q.__class__ in _ARRAY_TYPES and (q.dtype is _F32 or q.dtype in _F32S))
-                and (k.__class__ in _ARRAY_TYPES and (k.dtype is _F32 or k.dtype in _F32S))
-                and (v.__class__ in _ARRAY_TYPES and (v.dtype is _F32 or v.dtype in _F32S)) and v.shape == ks and qb == kb
+        if ((q.__class__ is _ndarray or q.__class__ in _ARRAY_TYPES) and (q.dtype is _F32 or q.dtype in _F32S)
+                and (k.__class__ is _ndarray or k.__class__ in _ARRAY_TYPES) and (k.dtype is _F32 or k.dtype in _F32S)
+                and (v.__class__ is _ndarray or v.__class__ in _ARRAY_TYPES) and (v.dtype is _F32 or v.dtype in _F32S) and v.shape == ks and qb == kb
                 and qd == kd and n_kv_heads == kvh and type(n_kv_heads) is int and kvh > 0
                 and not qh % kvh and sk > 0 and (causal is False or (causal is True and sq <= sk))
                 and scale is None and sliding_window is None and softcap is None and kv_mask is None):
@@ -545,8 +540,8 @@ def check_logits_from_hidden(hidden: Any, lm_head: Any, softcap: Any = None) -> 
     try:
         _, s, h = hidden.shape
         _, m = lm_head.shape
-        if ((hidden.__class__ in _ARRAY_TYPES and (hidden.dtype is _F32 or hidden.dtype in _F32S))
-                and (lm_head.__class__ in _ARRAY_TYPES and (lm_head.dtype is _F32 or lm_head.dtype in _F32S))
+        if ((hidden.__class__ is _ndarray or hidden.__class__ in _ARRAY_TYPES) and (hidden.dtype is _F32 or hidden.dtype in _F32S)
+                and (lm_head.__class__ is _ndarray or lm_head.__class__ in _ARRAY_TYPES) and (lm_head.dtype is _F32 or lm_head.dtype in _F32S)
                 and h == m and s > 0 and softcap is None):
             return
     except (AttributeError, TypeError, ValueError):
@@ -558,8 +553,8 @@ def check_all_logits_from_hidden(hidden: Any, lm_head: Any, softcap: Any = None)
     try:
         _, _, h = hidden.shape
         _, m = lm_head.shape
-        if ((hidden.__class__ in _ARRAY_TYPES and (hidden.dtype is _F32 or hidden.dtype in _F32S))
-                and (lm_head.__class__ in _ARRAY_TYPES and (lm_head.dtype is _F32 or lm_head.dtype in _F32S))
+        if ((hidden.__class__ is _ndarray or hidden.__class__ in _ARRAY_TYPES) and (hidden.dtype is _F32 or hidden.dtype in _F32S)
+                and (lm_head.__class__ is _ndarray or lm_head.__class__ in _ARRAY_TYPES) and (lm_head.dtype is _F32 or lm_head.dtype in _F32S)
                 and h == m and softcap is None):
             return
     except (AttributeError, TypeError, ValueError):
