@@ -22,6 +22,15 @@ GOMP_SPINCOUNT (below) keeps the two pools from fighting for the cores.
 (Measured and dropped: splitting a long attention prefill over the KV heads between Python threads.
 With BLAS on two threads as well, it was slower than BLAS's threads plus the parallel softmax: 1456
 against 1285 µs for a 128-token prefill on 2 cores.)
+
+(Why attention gains less from a second thread than torch does, measured on 2 cores: a decode step is
+the parallel weights kernel (KV 2048: 352 µs on 1 thread, 184 on 2) plus one BLAS product of the
+weights with V per KV head, which OpenBLAS does not split at these sizes (75 µs on 1 or 2 threads).
+That serial remainder caps the step at ~1.65x on 2 threads, where torch, four times slower on one
+thread, gains 2x.  The product done in the parallel kernel in Numba loops was 2-3x slower than BLAS
+(KV 2048: 536 instead of 427 µs on 1 thread); calling BLAS from the parallel kernel (np.dot inside
+``prange``, which needs SciPy's cython_blas) kept 1 thread as is and gave 221 instead of 278 µs on
+2 threads, at the price of a SciPy dependency: not taken.)
 """
 
 from __future__ import annotations

@@ -409,23 +409,29 @@ def gelu(x, approximate):
 
 # --- elementwise -------------------------------------------------------------------------------------
 
-def _binary_parallel(a, b, kernel):
-    """``kernel`` (a parallel fused add or mul) on (a, b) when the shapes allow it: a and b of one
-    shape, or one of them a trailing row (D,) that broadcasts over the other; else None.  Either operand
-    may be the big one (a + b == b + a and a * b == b * a exactly in IEEE arithmetic)."""
-    if a.shape != b.shape and a.size < b.size:
+def _binary_parallel(a, b, flat, rows):
+    """A parallel fused add or mul (``flat`` for operands of one shape, ``rows`` for a trailing row
+    (D,) broadcast over the other operand) into a new array; None when the shapes or layouts do not
+    allow it, or when no parallel kernel may run now (one thread ...): the caller then runs NumPy's
+    own loop.  Either operand may be the big one (a + b == b + a and a * b == b * a exactly in IEEE
+    arithmetic).  Kept lean: at [1, 128, 2048] on 2 threads the kernel takes ~20 µs, and each µs of
+    Python around it shows."""
+    if _runtime.THREADS < 2:
+        return None
+    if a.shape == b.shape:
+        if not (a.flags.c_contiguous and b.flags.c_contiguous):
+            return None
+        out = np.empty(a.shape, np.float32)
+        return out if _run_parallel(flat, a.reshape(-1), b.reshape(-1), out.reshape(-1)) else None
+    if a.size < b.size:
         a, b = b, a
     if a.ndim == 0 or b.ndim > a.ndim or not a.flags.c_contiguous or not b.flags.c_contiguous:
         return None
     d = a.shape[-1]
-    if a.shape == b.shape:
-        b2 = b.reshape(-1, d)
-    elif b.ndim >= 1 and b.size == d and b.shape[-1] == d:
-        b2 = b.reshape(1, d)
-    else:
+    if b.ndim < 1 or b.size != d or b.shape[-1] != d:
         return None
     out = np.empty(a.shape, np.float32)
-    return out if _run_parallel(kernel, a.reshape(-1, d), b2, out.reshape(-1, d)) else None
+    return out if _run_parallel(rows, a.reshape(-1, d), b.reshape(1, d), out.reshape(-1, d)) else None
 
 
 def add(a, b):
@@ -434,7 +440,7 @@ def add(a, b):
     if a.size >= _PAR_MIN["elementwise"] or b.size >= _PAR_MIN["elementwise"]:
         fz = _fused()
         if fz is not None:
-            r = _binary_parallel(a, b, fz.add_parallel)
+            r = _binary_parallel(a, b, fz.add_flat_parallel, fz.add_parallel)
             if r is not None:
                 return r
     r = np.add(a, b)              # one thread: NumPy's own loop is as fast as a fused one
@@ -447,7 +453,7 @@ def mul(a, b):
     if a.size >= _PAR_MIN["elementwise"] or b.size >= _PAR_MIN["elementwise"]:
         fz = _fused()
         if fz is not None:
-            r = _binary_parallel(a, b, fz.mul_parallel)
+            r = _binary_parallel(a, b, fz.mul_flat_parallel, fz.mul_parallel)
             if r is not None:
                 return r
     r = np.multiply(a, b)
