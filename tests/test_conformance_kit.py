@@ -422,3 +422,12 @@ def test_an_error_just_over_a_tolerance_fails_and_well_under_passes(edge_registr
     over, under = results["max_over"], results["max_under"]
     assert over.status == FAIL and "max abs err " in over.reason and f"> {tol.max_err:.0e} * " in over.reason, over
     assert under.status == PASS, under
+
+
+def test_float32_subnormals_count_as_zero_in_the_metrics():
+    """A GPU flushes float32 subnormals to zero (GELU of -13.5 is -1.06e-40): not an error; a normal value is."""
+    from sapient_core.testing.conformance import FLOAT32_TINY
+    assert nmse(np.array([-0.0]), np.array([-1.0555981e-40])) == 0.0
+    assert nmse(np.array([0.0, 1.0]), np.array([FLOAT32_TINY / 2, 1.0])) == 0.0
+    assert nmse(np.array([-1e-30]), np.array([-2e-30])) == pytest.approx(0.25)
+    assert nmse(np.array([0.0]), np.array([FLOAT32_TINY])) == 1.0         # the smallest normal still counts

@@ -179,10 +179,21 @@ TABLE_HEADER = ["op", "backend", "case", "status", "NMSE", "NMSE vs cpu", "max a
 
 # --- metrics -------------------------------------------------------------------------------------------
 
+#: The smallest normal float32.  Values below it in magnitude (float32 subnormals) count as 0 in the
+#: metrics: GPUs flush them to zero (FTZ), and a difference of 1e-39 is not an error of a float32 kernel
+#: (GELU of x < -13.3 is subnormal: the CPU reference keeps it, MLX returns -0.0).
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _flush(a: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(a) < FLOAT32_TINY, 0.0, a)
+
+
 def nmse(result: Any, expected: Any) -> float:
-    """``sum((result - expected)**2) / sum(expected**2)`` over the elements finite in both (0 if empty)."""
-    r = np.asarray(result, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
+    """``sum((result - expected)**2) / sum(expected**2)`` over the elements finite in both (0 if empty),
+    with float32 subnormals counted as 0 (see :data:`FLOAT32_TINY`)."""
+    r = _flush(np.asarray(result, dtype=np.float64))
+    e = _flush(np.asarray(expected, dtype=np.float64))
     finite = np.isfinite(r) & np.isfinite(e)
     diff = r[finite] - e[finite]
     num = float(np.dot(diff, diff))
