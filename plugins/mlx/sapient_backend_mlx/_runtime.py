@@ -12,7 +12,7 @@ precision on hardware that has it (NVIDIA Ampere and later, Apple M5-class GPUs)
 asks for float32.  MLX reads the variable once, when it first needs it (a static in
 ``mlx/utils.h``), so this works as long as no float32 matmul ran in the process before;
 :func:`precision` says what is in force.  It is the one piece of process-wide state the plugin
-changes, and it says so: :func:`global_state` lists it (``backend.stats()["plugin"]["global_state"]``),
+changes, and it says so: :func:`global_state` lists it (``backend.stats().plugin["global_state"]``),
 an INFO record on the ``sapient_core`` logger announces it, and child processes inherit the
 variable (set ``MLX_ENABLE_TF32`` yourself, to 0 or 1, to decide for the whole process tree).  The
 plugin never calls ``mx.set_default_device`` / ``mx.set_default_stream``, never changes MLX's memory

@@ -29,7 +29,7 @@ model to the device, so each one is uploaded once and cached **by the identity o
 
 Activations (everything else) are converted afresh on every call.  :data:`TRANSFERS` counts every
 host -> device upload (weights and activations apart) and every device -> host copy, so that a
-benchmark can report the copies of a decode step; both appear in ``backend.stats()["plugin"]``.
+benchmark can report the copies of a decode step; both appear in ``backend.stats().plugin``.
 """
 
 from __future__ import annotations
