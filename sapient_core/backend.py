@@ -420,18 +420,24 @@ class Backend(OpMethods):
             return self._plugin_call(spec, route, args)
         return divert
 
+    def _call_impl(self, spec: OpSpec, route: _Route, args: tuple) -> Any:
+        """Call the plugin's implementation as the op methods do: under its lock when it has one, a
+        NumPy-result op's result brought to NumPy under the same lock.  Raises what the plugin raises."""
+        if route.lock is None:
+            y = route.impl(*args)
+            if spec.numpy_result and y.__class__ is not _ndarray:
+                y = self._to_numpy_unlocked(y)
+            return y
+        with route.lock:
+            y = route.impl(*args)
+            if spec.numpy_result and y.__class__ is not _ndarray:
+                y = self._to_numpy_unlocked(y)
+            return y
+
     def _plugin_call(self, spec: OpSpec, route: _Route, args: tuple) -> Any:
         """The op method's normal path, for calls that went through ``divert`` (same checks)."""
         try:
-            if route.lock is None:
-                y = route.impl(*args)
-                if spec.numpy_result and y.__class__ is not _ndarray:
-                    y = self._to_numpy_unlocked(y)
-            else:
-                with route.lock:
-                    y = route.impl(*args)
-                    if spec.numpy_result and y.__class__ is not _ndarray:
-                        y = self._to_numpy_unlocked(y)
+            y = self._call_impl(spec, route, args)
         except BaseException as exc:  # as the op methods: a plugin's SystemExit is its fault
             return route.failed(exc, args)  # type: ignore[misc]
         return route.bad_result(y, args)  # type: ignore[misc]

@@ -136,16 +136,8 @@ class CrossCheck:
         b = self.backend
         before = b._locked(self._copies, spec, args)
         try:
-            if route.lock is None:
-                y = route.impl(*args)
-                if spec.numpy_result and y.__class__ is not np.ndarray:
-                    y = b._to_numpy_unlocked(y)
-            else:
-                with route.lock:
-                    y = route.impl(*args)
-                    if spec.numpy_result and y.__class__ is not np.ndarray:
-                        y = b._to_numpy_unlocked(y)
-        except Exception as exc:
+            y = b._call_impl(spec, route, args)
+        except BaseException as exc:            # as the op methods: a plugin's SystemExit is its fault
             return route.failed(exc, args)      # type: ignore[misc]  # a failure: the fallback, not compared
         if b._result_problem(spec, y, args) is not None:
             return route.bad_result(y, args)    # type: ignore[misc]  # a wrong result: the fallback

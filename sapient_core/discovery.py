@@ -26,7 +26,6 @@ import importlib
 import importlib.metadata
 import logging
 import os
-import re
 import threading
 from typing import Any, Callable, Iterable
 
@@ -51,7 +50,7 @@ REFERENCE_MODULE = "sapient_backend_cpu.plugin"
 #: The backend names that belong to a distribution of this project: an entry point of that name from any
 #: other distribution is refused (listed as broken), whatever the order of the distributions.
 OFFICIAL_NAMES = {REFERENCE: REFERENCE_DIST, "mlx": "sapient-backend-mlx"}
-_NAME_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
+_NAME_RE = switches.NAME_RE
 
 
 _norm_dist = switches.norm_dist

@@ -29,7 +29,7 @@ from typing import NamedTuple
 from .errors import SwitchWarning, warn
 
 __all__ = ["TRUE", "FALSE", "ACCEPTED", "flag", "cross_check_fraction", "parse_allow_list", "AllowList",
-           "check_fraction", "warn_once", "norm_dist"]
+           "check_fraction", "warn_once", "norm_dist", "NAME_RE"]
 
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
@@ -114,7 +114,8 @@ class AllowList(NamedTuple):
     malformed: tuple[str, ...] = ()
 
 
-_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+#: A valid backend name: a lowercase identifier (entry-point names and allow-list entries alike).
+NAME_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 
 def norm_dist(name: str) -> str:
@@ -137,7 +138,7 @@ def parse_allow_list() -> AllowList:
             continue
         name, at, dist = part.partition("@")
         name, dist = name.strip().lower(), norm_dist(dist)
-        if not _NAME.match(name) or (at and not dist):
+        if not NAME_RE.match(name) or (at and not dist):
             malformed.append(part)
             continue
         entries[name] = dist if at else None
