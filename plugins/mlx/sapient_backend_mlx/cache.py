@@ -154,16 +154,20 @@ class WeightCache:
             if self._bytes + nbytes > limit:
                 self._stream_locked(key, host, nbytes)
                 return value
-            seen = self._streamed.pop(key, None)
+            seen = self._streamed.get(key)
             if seen is not None:
                 self._remove_locked(seen)
-            entry = _Entry(key, weakref.ref(host), value, nbytes)
-            entry.last = self._tick
-            entry.finalizer = weakref.finalize(host, self._on_free, entry)
-            entry.finalizer.atexit = False
-            self._entries[key] = entry
+            self._entries[key] = self._track(key, host, value, nbytes)
             self._bytes += nbytes
             return value
+
+    def _track(self, key: int, host: Any, value: Any, nbytes: int) -> _Entry:
+        """A new entry for ``host``, used now, forgotten when ``host`` is freed."""
+        entry = _Entry(key, weakref.ref(host), value, nbytes)
+        entry.last = self._tick
+        entry.finalizer = weakref.finalize(host, self._on_free, entry)
+        entry.finalizer.atexit = False
+        return entry
 
     def _stream_locked(self, key: int, host: Any, nbytes: int) -> None:
         """Record that ``host`` was used but not cached (it counts among the weights the cache knows)."""
@@ -175,11 +179,7 @@ class WeightCache:
             return
         if seen is not None:
             self._remove_locked(seen)
-        seen = _Entry(key, weakref.ref(host), None, nbytes)
-        seen.last = self._tick
-        seen.finalizer = weakref.finalize(host, self._on_free, seen)
-        seen.finalizer.atexit = False
-        self._streamed[key] = seen
+        self._streamed[key] = self._track(key, host, None, nbytes)
 
     def _evict_idle_locked(self, needed: int) -> None:
         """Evict least recently used entries idle for more than two passes over the known weights."""
@@ -206,10 +206,8 @@ class WeightCache:
 
     def _forget_locked(self, entry: _Entry) -> None:
         if self._entries.get(entry.key) is entry:
-            self._remove_locked(entry)
             self.freed += 1
-        elif self._streamed.get(entry.key) is entry:
-            self._remove_locked(entry)
+        self._remove_locked(entry)
 
     def _purge_locked(self) -> None:
         while self._dead:

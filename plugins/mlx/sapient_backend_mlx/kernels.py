@@ -16,7 +16,7 @@ evaluation (:func:`evaluate`, :func:`to_host`, the logits ops, the first-use che
 run, a command buffer that fails):
 
 - *first-use check*: the first time an op is called with inputs of a given kind (dtype and shape
-  class: each dimension rounded up to a power of two), the op evaluates its inputs and then its result
+  class: each dimension's bit length, so a new class starts at every power of two), the op evaluates its inputs and then its result
   before returning.  A failure of its own result raises from the op, so the core falls back to the CPU
   reference (or raises ``BackendOpError`` in strict mode) exactly as for an error raised while building
   the graph; an input that fails is an earlier op's failure and is left to show where it is evaluated.
@@ -176,7 +176,8 @@ def _done(op: str, result, a, b=None, static: Any = None):
     """Count ``result`` as pending and, the first time ``op`` sees inputs of this kind, evaluate it.
 
     ``a`` and ``b`` are the op's main inputs (``mx.array``s); the kind is their dtype and shapes with
-    each dimension rounded up to a power of two, so a growing KV cache is checked once per doubling.
+    bit length of each dimension (a new kind at every power of two), so a growing KV cache is checked once
+    per doubling.
     The exact shapes already covered are remembered, which keeps the common path to one set lookup.
     """
     _PENDING[op] = _PENDING.get(op, 0) + 1
@@ -243,13 +244,21 @@ def _act(x):
     return y if y.dtype == _F32 else y.astype(_F32)
 
 
+def _is_bfloat16(a: np.ndarray) -> bool:
+    return a.dtype.name == "bfloat16" and a.dtype.itemsize == 2   # ml_dtypes: same bits as mx.bfloat16
+
+
+def _bfloat16_array(a: np.ndarray):
+    return mx.array(a.view(np.uint16)).view(mx.bfloat16)
+
+
 def _upload_weight(w):
     """A host weight on the device in its own dtype where MLX has it (float16 stays float16)."""
     a = _host(w)
     if a.dtype == _NP_F16 or a.dtype == _NP_F32:
         return mx.array(a)
-    if a.dtype.name == "bfloat16" and a.dtype.itemsize == 2:      # ml_dtypes: same bits as mx.bfloat16
-        return mx.array(a.view(np.uint16)).view(mx.bfloat16)
+    if _is_bfloat16(a):
+        return _bfloat16_array(a)
     return mx.array(a.astype(np.float32))
 
 
@@ -277,8 +286,8 @@ def to_device(x):
         return x
     a = _host(x)
     if a.dtype.kind == "f" and a.dtype != _NP_F32 and a.dtype != _NP_F16:
-        if a.dtype.name == "bfloat16" and a.dtype.itemsize == 2:
-            y = mx.array(a.view(np.uint16)).view(mx.bfloat16)
+        if _is_bfloat16(a):
+            y = _bfloat16_array(a)
             TRANSFERS.upload(a.nbytes)
             return y
         a = a.astype(np.float32)
@@ -292,15 +301,12 @@ def to_host(x):
         return np.asarray(x)
     if x.dtype == mx.bfloat16:
         x = x.astype(_F32)
-    with _LOCK:
-        _eval([x], "to_numpy")
-        out = np.array(x, copy=True)
-    TRANSFERS.download(out.nbytes)
-    return out
+    return _own_result_to_host(x, "to_numpy")
 
 
 def _own_result_to_host(y, op: str):
-    """The logits ops' own product to the host: a failure raises from the op (the core falls back)."""
+    """``y`` evaluated and copied to the host under the plugin's lock, counted as device -> host (for the
+    logits ops, their own product: a failure raises from the op, and the core falls back)."""
     with _LOCK:
         _eval([y], op)
         out = np.array(y, copy=True)
@@ -320,26 +326,22 @@ def _evaluated_input(x, op: str) -> None:
 
 # --- layout and the KV cache --------------------------------------------------------------------------
 
-def _dev(x):
-    return x if x.__class__ is _MX_ARRAY else to_device(x)
-
-
 @_on_stream
 def concatenate(arrays, axis):
     _PENDING["concatenate"] = _PENDING.get("concatenate", 0) + 1
-    return mx.concatenate([_dev(a) for a in arrays], axis=axis)
+    return mx.concatenate([to_device(a) for a in arrays], axis=axis)
 
 
 @_on_stream
 def reshape(x, shape):
     _PENDING["reshape"] = _PENDING.get("reshape", 0) + 1
-    return mx.reshape(_dev(x), tuple(shape))
+    return mx.reshape(to_device(x), tuple(shape))
 
 
 @_on_stream
 def transpose(x, axes):
     _PENDING["transpose"] = _PENDING.get("transpose", 0) + 1
-    return mx.transpose(_dev(x), tuple(axes))
+    return mx.transpose(to_device(x), tuple(axes))
 
 
 @_on_stream
@@ -354,8 +356,8 @@ def write(dst, src, axis, start):
     assignment).  Returns the updated array; rebind to it (``cache = write(cache, k, 2, t)``) so that
     the old one is dropped and MLX updates the buffer in place when it evaluates."""
     _PENDING["write"] = _PENDING.get("write", 0) + 1
-    d = _dev(dst)
-    s = _dev(src)
+    d = to_device(dst)
+    s = to_device(src)
     if s.dtype != d.dtype:
         s = s.astype(d.dtype)
     return mx.slice_update(d, s, _start_index(int(start)), [int(axis)])
@@ -379,7 +381,7 @@ def _start_index(start: int):
 def slice(x, axis, start, stop):  # noqa: A001 - the helper's name in the backend API
     """``x[..., start:stop, ...]`` along ``axis`` (e.g. the filled prefix of a KV cache)."""
     _PENDING["slice"] = _PENDING.get("slice", 0) + 1
-    x = _dev(x)
+    x = to_device(x)
     index = [builtins.slice(None)] * x.ndim
     index[axis] = builtins.slice(int(start), int(stop))
     return x[tuple(index)]
@@ -556,6 +558,12 @@ def _kv_mask(kv_mask):
     return _upload(_host(kv_mask).astype(np.bool_, copy=False))
 
 
+def _query_key_positions(sq: int, sk: int):
+    """``(i, j)``: the absolute query positions (Sq, 1), the KV-cache offset counted, and the key positions
+    (1, Sk); a causal query sees the keys ``j <= i`` (lower-right alignment)."""
+    return mx.arange(sq, dtype=mx.int32)[:, None] + (sk - sq), mx.arange(sk, dtype=mx.int32)[None, :]
+
+
 def _mask(sq: int, sk: int, causal: bool, window, kv_mask):
     """None, "causal", or a boolean array broadcastable to (B, 1, Sq, Sk): True = the key is seen."""
     if window is not None and int(window) >= sk:
@@ -565,8 +573,7 @@ def _mask(sq: int, sk: int, causal: bool, window, kv_mask):
         return "causal" if causal and sq > 1 else None
     m = None
     if need_positions:
-        i = mx.arange(sq, dtype=mx.int32)[:, None] + (sk - sq)       # absolute query positions
-        j = mx.arange(sk, dtype=mx.int32)[None, :]
+        i, j = _query_key_positions(sq, sk)
         m = j <= i
         if window is not None:
             m = mx.logical_and(m, j > i - int(window))
@@ -587,8 +594,8 @@ def _scores_attention(q, k, v, scale: float, softcap: float, mask):
     scores = mx.tanh(scores / softcap) * softcap
     if mask is not None:
         if isinstance(mask, str):                                            # "causal", lower-right
-            sk = k.shape[2]
-            mask = (mx.arange(sk)[None, :] <= mx.arange(sq)[:, None] + (sk - sq))[None, None]
+            i, j = _query_key_positions(sq, k.shape[2])
+            mask = (j <= i)[None, None]
         scores = mx.where(mx.expand_dims(mask, 2), scores, -math.inf)
     probs = mx.softmax(scores, axis=-1, precise=True)
     return mx.matmul(probs, mx.expand_dims(v, 2)).reshape(b, h, sq, d)
