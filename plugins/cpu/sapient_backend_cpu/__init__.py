@@ -1,6 +1,7 @@
-"""sapient-backend-cpu: the NumPy reference kernels of sapient_core.
+"""sapient-backend-cpu: the CPU reference kernels of sapient_core (NumPy, fused with Numba).
 
-``sapient_backend_cpu.kernels`` holds one function per op (plain NumPy, importable on its own);
+``sapient_backend_cpu.kernels`` holds one function per op (NumPy, with Numba-fused kernels where
+Numba imports; importable on its own);
 ``sapient_backend_cpu.plugin`` marks them as hook implementations.
 """
 

@@ -182,22 +182,18 @@ def add_parallel(a, b, out):
     """a, out (rows, m); b (1, m), broadcast over the rows.  Only parallel: on one thread NumPy's loop
     is as fast."""
     m = a.shape[1]
-    step = 0 if b.shape[0] == 1 else 1
     for r in prange(a.shape[0]):
-        rb = r * step
         for j in range(m):
-            out[r, j] = a[r, j] + b[rb, j]
+            out[r, j] = a[r, j] + b[0, j]
 
 
 @njit(parallel=True, **_OPTS)
 def mul_parallel(a, b, out):
     """As :func:`add_parallel`, for a * b."""
     m = a.shape[1]
-    step = 0 if b.shape[0] == 1 else 1
     for r in prange(a.shape[0]):
-        rb = r * step
         for j in range(m):
-            out[r, j] = a[r, j] * b[rb, j]
+            out[r, j] = a[r, j] * b[0, j]
 
 
 # --- norms --------------------------------------------------------------------------------------------
@@ -353,14 +349,6 @@ def _max_of(a):
 
 
 @njit(**_OPTS)
-def _any_nan(a):
-    for t in range(a.shape[0]):
-        if a[t] != a[t]:
-            return True
-    return False
-
-
-@njit(**_OPTS)
 def _any_true(a):
     for t in range(a.shape[0]):
         if a[t]:
@@ -430,7 +418,7 @@ def _softmax_row(srow, t_lo, t_hi, cap, has_cap, kv_mask, has_mask, b, key0):
         # Every key of the range is padding: no weights, a zero row.  Otherwise the visible scores are
         # all -inf (infinite inputs: 0 / 0) or NaN (the vector max skips NaN): a NaN row, as the formula.
         sees = _any_true(kv_mask[b, key0 + t_lo:key0 + t_hi]) if has_mask else True
-        _fill(seg, _F32(np.nan) if sees or _any_nan(seg) else _F32(0.0))
+        _fill(seg, _F32(np.nan) if sees else _F32(0.0))
         return
     _exp2_shifted(seg, m)
     _scale(seg, _F32(1.0) / _sum_of(seg))

@@ -634,11 +634,10 @@ def _attention_fused(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
     out2 = np.empty((b, kv, sq * g, d), np.float32)
     kt = k.transpose(0, 1, 3, 2)
     off = sk - sq
-    first_key = max(0, off - window + 1) if window is not None else 0
     qb = sq if not causal else max(32, -(-sq // 8))   # at most 8 query blocks of >= 32 queries
     for i0 in range(0, sq, qb):
         i1 = min(sq, i0 + qb)
-        lo = max(first_key, i0 + off - window + 1) if window is not None else 0   # query i0's first key
+        lo = max(0, i0 + off - window + 1) if window is not None else 0           # query i0's first key
         hi = i1 + off if causal else sk                                           # query i1-1's last
         s = np.matmul(q2[:, :, i0 * g:i1 * g], kt[:, :, :, lo:hi])
         args = (s, sq, sk, i0, g, lo, causal, window or 0, cap, has_cap, mask, has_mask)

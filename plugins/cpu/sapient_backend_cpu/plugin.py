@@ -24,7 +24,7 @@ def backend_capabilities():
         "available": True,
         "priority": 0,
         "thread_safe": True,
-        "description": "NumPy reference kernels (float32)",
+        "description": "CPU reference kernels (float32; NumPy, fused with Numba)",
     }
 
 

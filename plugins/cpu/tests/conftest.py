@@ -70,10 +70,10 @@ def ops(request, cpu_backend, path):
     return cpu_backend if request.param == "backend" else KernelsWithDefaults()
 
 
-@pytest.fixture(params=["backend", "kernels"])
-def k2(request, cpu_backend, path):
+@pytest.fixture
+def k2(ops):
     """The contract-v2 semantics through the backend object (validation + dispatch) and on the kernels."""
-    return cpu_backend if request.param == "backend" else KernelsWithDefaults()
+    return ops
 
 
 @pytest.fixture

@@ -60,6 +60,23 @@ def attention_bound(q, k, v, n_kv_heads, scale=None, softcap=None):
     return vmax * (2 * ds + 8 * np.sqrt(sk) * U + 8 * U)
 
 
+def rope_bound(x, rotary_dim, scaling=1.0):
+    """4 EPS (|x1| + |x2|) per rotated channel, times the attention scaling that multiplies cos and sin
+    (two products and a sum per output, cos/sin rounded once); the copied channels are exact."""
+    x = np.abs(x.astype(np.float64))
+    half = rotary_dim // 2
+    pair = x[..., :half] + x[..., half:rotary_dim]
+    rot = 4 * EPS * max(1.0, scaling) * np.concatenate([pair, pair], axis=-1)
+    return np.concatenate([rot, np.zeros_like(x[..., rotary_dim:])], axis=-1)
+
+
+def f32_result(y, shape):
+    """``y``, after checking that it is a float32 NumPy array of ``shape``."""
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32, (type(y), getattr(y, "dtype", None))
+    assert y.shape == shape, (y.shape, shape)
+    return y
+
+
 def assert_within(got, ref, bound, what):
     """abs(got - ref) <= bound elementwise, with the worst element in the message."""
     got = np.asarray(got, np.float64)

@@ -1,7 +1,7 @@
 """Every op of the CPU plugin against the float64 oracle, at LLM-like shapes and at the edge cases.
 
-Each test runs twice (fixture ``ops``): through ``sapient_core.get_backend("cpu")`` and on the raw
-kernel functions.  Bounds, and why each is what it is: ``cpu_tolerances.py``.
+Each test runs twice per code path (fixtures ``ops`` and ``path``): through
+``sapient_core.get_backend("cpu")`` and on the raw kernel functions.  Bounds, and why each is what it is: ``cpu_tolerances.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from cpu_tolerances import EPS, U, assert_within, attention_bound, dot_bound
+from cpu_tolerances import EPS, U, assert_within, attention_bound, dot_bound, f32_result, rope_bound
 from sapient_core.testing import oracle
 
 F32 = np.float32
@@ -21,32 +21,26 @@ def _randn(rng, *shape, scale=1.0, loc=0.0, dtype=F32):
     return (loc + scale * rng.standard_normal(shape)).astype(dtype)
 
 
-def _f32_result(y, shape):
-    assert isinstance(y, np.ndarray) and y.dtype == np.float32, (type(y), getattr(y, "dtype", None))
-    assert y.shape == shape, (y.shape, shape)
-    return y
-
-
 # --- linear and logits -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("b,s,n,m", [(2, 7, 512, 256), (1, 1, 512, 384), (3, 1, 256, 512)])
 def test_linear_3d(ops, rng, b, s, n, m):
     x, w = _randn(rng, b, s, n), _randn(rng, m, n, scale=n ** -0.5)
-    y = _f32_result(ops.linear_3d(x, w), (b, s, m))
+    y = f32_result(ops.linear_3d(x, w), (b, s, m))
     assert_within(y, oracle.linear_3d(x, w), dot_bound(x, w), "linear_3d")
 
 
 def test_linear_3d_non_contiguous_input(ops, rng):
     x = _randn(rng, 4, 2, 256).transpose(1, 0, 2)        # (2, 4, 256), not C-contiguous
     w = _randn(rng, 128, 256)
-    assert_within(_f32_result(ops.linear_3d(x, w), (2, 4, 128)), oracle.linear_3d(x, w), dot_bound(x, w), "linear_3d")
+    assert_within(f32_result(ops.linear_3d(x, w), (2, 4, 128)), oracle.linear_3d(x, w), dot_bound(x, w), "linear_3d")
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_linear_3d_bias(ops, rng, with_bias):
     x, w = _randn(rng, 2, 5, 512), _randn(rng, 256, 512, scale=0.05)
     bias = _randn(rng, 256) if with_bias else None
-    y = _f32_result(ops.linear_3d_bias(x, w, bias), (2, 5, 256))
+    y = f32_result(ops.linear_3d_bias(x, w, bias), (2, 5, 256))
     assert_within(y, oracle.linear_3d_bias(x, w, bias), dot_bound(x, w, bias), "linear_3d_bias")
     if not with_bias:
         np.testing.assert_array_equal(y, ops.linear_3d(x, w))
@@ -68,7 +62,7 @@ def test_logits(ops, rng):
 @pytest.mark.parametrize("shape", [(2, 9, 512), (1, 1, 256), (3, 4, 5, 384), (300,)])
 def test_rms_norm(ops, rng, shape):
     x, w = _randn(rng, *shape, scale=3.0), _randn(rng, shape[-1], loc=1.0, scale=0.2)
-    y = _f32_result(ops.rms_norm(x, w, 1e-6), shape)
+    y = f32_result(ops.rms_norm(x, w, 1e-6), shape)
     ref = oracle.rms_norm(x, w, 1e-6)
     assert_within(y, ref, 8 * EPS * np.abs(ref), "rms_norm")
 
@@ -78,7 +72,7 @@ def test_layer_norm_large_and_small_magnitudes(ops, rng, loc, scale):
     """A mean of 1e4 over values that differ by ~1: the float32 mean's rounding must be corrected."""
     x = _randn(rng, 3, 7, 512, loc=loc, scale=scale)
     w, bias = _randn(rng, 512, loc=1.0, scale=0.2), _randn(rng, 512, scale=0.1)
-    y = _f32_result(ops.layer_norm(x, w, bias, 1e-5), x.shape)
+    y = f32_result(ops.layer_norm(x, w, bias, 1e-5), x.shape)
     ref = oracle.layer_norm(x, w, bias, 1e-5)
     assert_within(y, ref, 8 * EPS * (np.abs(ref) + np.abs(w) + np.abs(bias)), "layer_norm")
 
@@ -105,7 +99,7 @@ def _activation_grid(rng):
 
 def test_silu(ops, rng):
     x = _activation_grid(rng)
-    y = _f32_result(ops.silu(x), x.shape)
+    y = f32_result(ops.silu(x), x.shape)
     ref = oracle.silu(x)
     bound = 3 * EPS * (1 + np.abs(x.astype(np.float64))) * np.abs(ref)
     # below x = -88.7 exp(-x) overflows float32 and the result (< 2e-37 in magnitude) flushes to -0.0
@@ -114,7 +108,7 @@ def test_silu(ops, rng):
 
 def test_gelu_exact(ops, rng):
     x = _activation_grid(rng)
-    y = _f32_result(ops.gelu(x, "none"), x.shape)
+    y = f32_result(ops.gelu(x, "none"), x.shape)
     ref = oracle.gelu(x, "none")
     x64 = x.astype(np.float64)
     # relative accuracy all the way into the tail: gelu(-6) = -6e-9, gelu(-12) = -2.1e-32
@@ -124,7 +118,7 @@ def test_gelu_exact(ops, rng):
 
 def test_gelu_tanh(ops, rng):
     x = _activation_grid(rng)
-    y = _f32_result(ops.gelu(x, "tanh"), x.shape)
+    y = f32_result(ops.gelu(x, "tanh"), x.shape)
     x64 = x.astype(np.float64)
     # The oracle's 0.5 x (1 + tanh(u)) loses relative accuracy once 1 + tanh(u) < 1e-12 (x < -6), so
     # the reference here is the same function written as x * sigmoid(2u), exact in float64 too.
@@ -153,48 +147,40 @@ def test_activations_do_not_warn_at_huge_inputs(ops, name):
 def test_float16_inputs_are_computed_in_float32(ops, rng):
     x16 = _randn(rng, 2, 3, 256, dtype=np.float16)
     w16 = _randn(rng, 128, 256, scale=0.06, dtype=np.float16)
-    y = _f32_result(ops.linear_3d(x16, w16), (2, 3, 128))
+    y = f32_result(ops.linear_3d(x16, w16), (2, 3, 128))
     assert_within(y, oracle.linear_3d(x16, w16), dot_bound(x16, w16), "linear_3d float16")
-    g = _f32_result(ops.gelu(x16, "none"), x16.shape)
+    g = f32_result(ops.gelu(x16, "none"), x16.shape)
     ref = oracle.gelu(x16)
     assert_within(g, ref, np.maximum(4 * EPS * (1 + x16.astype(float) ** 2) * np.abs(ref), 1e-37), "gelu f16")
-    r = _f32_result(ops.rms_norm(x16, np.ones(256, np.float16), 1e-6), x16.shape)
+    r = f32_result(ops.rms_norm(x16, np.ones(256, np.float16), 1e-6), x16.shape)
     ref = oracle.rms_norm(x16, np.ones(256), 1e-6)
     assert_within(r, ref, 8 * EPS * np.abs(ref), "rms_norm float16")
-    s = _f32_result(ops.add(x16, x16), x16.shape)
+    s = f32_result(ops.add(x16, x16), x16.shape)
     np.testing.assert_array_equal(s, x16.astype(F32) * 2)
 
 
 def test_add_mul_broadcast(ops, rng):
     a, b = _randn(rng, 2, 5, 256), _randn(rng, 256)
     for op in ("add", "mul"):
-        y = _f32_result(getattr(ops, op)(a, b), (2, 5, 256))
+        y = f32_result(getattr(ops, op)(a, b), (2, 5, 256))
         ref = getattr(oracle, op)(a, b)
         assert_within(y, ref, U * np.abs(ref), op)
 
 
 # --- rope --------------------------------------------------------------------------------------------
 
-def _rope_bound(x, rotary_dim):
-    x = np.abs(x.astype(np.float64))
-    half = rotary_dim // 2
-    pair = x[..., :half] + x[..., half:rotary_dim]
-    rot = 4 * EPS * np.concatenate([pair, pair], axis=-1)
-    return np.concatenate([rot, np.zeros_like(x[..., rotary_dim:])], axis=-1)
-
-
 @pytest.mark.parametrize("positions", [np.arange(9), np.array([0, 3, 4, 100, 2047, 7, 99999, 5, 1]),
                                        np.array([0, 0, 1, 1, 2, 50000, 3, 3, 8])])
 def test_rope_positions(ops, rng, positions):
     x = _randn(rng, 2, 8, 9, 64)
-    y = _f32_result(ops.apply_rope_positions(x, positions, 10000.0), x.shape)
-    assert_within(y, oracle.apply_rope_positions(x, positions, 10000.0), _rope_bound(x, 64), "rope")
+    y = f32_result(ops.apply_rope_positions(x, positions, 10000.0), x.shape)
+    assert_within(y, oracle.apply_rope_positions(x, positions, 10000.0), rope_bound(x, 64), "rope")
 
 
 def test_rope_single_position_and_list_positions(ops, rng):
     x = _randn(rng, 1, 8, 1, 64)
     ref = oracle.apply_rope_positions(x, [511], 500000.0)
-    assert_within(ops.apply_rope_positions(x, np.array([511]), 500000.0), ref, _rope_bound(x, 64), "rope S=1")
+    assert_within(ops.apply_rope_positions(x, np.array([511]), 500000.0), ref, rope_bound(x, 64), "rope S=1")
 
 
 @pytest.mark.parametrize("rotary_dim", [32, 2, 64])
@@ -202,8 +188,8 @@ def test_rope_partial(ops, rng, rotary_dim):
     """Phi: RoPE over the first rotary_dim channels (inv_freq uses rotary_dim), the rest copied."""
     x = _randn(rng, 2, 4, 6, 64)
     pos = np.array([5, 6, 7, 20, 21, 1000])
-    y = _f32_result(ops.apply_rope_partial(x, pos, 10000.0, rotary_dim), x.shape)
-    assert_within(y, oracle.apply_rope_partial(x, pos, 10000.0, rotary_dim), _rope_bound(x, rotary_dim), "rope partial")
+    y = f32_result(ops.apply_rope_partial(x, pos, 10000.0, rotary_dim), x.shape)
+    assert_within(y, oracle.apply_rope_partial(x, pos, 10000.0, rotary_dim), rope_bound(x, rotary_dim), "rope partial")
     np.testing.assert_array_equal(y[..., rotary_dim:], x[..., rotary_dim:])
     if rotary_dim == 64:
         np.testing.assert_array_equal(y, ops.apply_rope_positions(x, pos, 10000.0))
@@ -213,7 +199,7 @@ def test_rope_non_contiguous_input(ops, rng):
     x = _randn(rng, 1, 5, 8, 64).transpose(0, 2, 1, 3)   # (1, 8, 5, 64) view, as after a reshape/transpose
     pos = np.arange(3, 8)
     assert_within(ops.apply_rope_positions(x, pos, 10000.0), oracle.apply_rope_positions(x, pos, 10000.0),
-                  _rope_bound(x, 64), "rope on a view")
+                  rope_bound(x, 64), "rope on a view")
 
 
 # --- attention ---------------------------------------------------------------------------------------
@@ -233,7 +219,7 @@ ATTENTION_CASES = {
 def test_gqa_attention(ops, rng, case):
     b, h, kv, sq, sk, causal = ATTENTION_CASES[case]
     q, k, v = _randn(rng, b, h, sq, 64), _randn(rng, b, kv, sk, 64), _randn(rng, b, kv, sk, 64)
-    y = _f32_result(ops.gqa_attention(q, k, v, kv, causal), (b, h, sq, 64))
+    y = f32_result(ops.gqa_attention(q, k, v, kv, causal), (b, h, sq, 64))
     ref = oracle.gqa_attention(q, k, v, kv, causal)
     assert_within(y, ref, attention_bound(q, k, v, kv), f"attention ({case})")
 
@@ -314,7 +300,7 @@ def test_elementwise_ops_on_0d_arrays(ops, name, value):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         y = f(x)
-    _f32_result(y, ())
+    f32_result(y, ())
     want = ref(x[None])[0] if name not in ("add", "mul") else ref(x)
     np.testing.assert_allclose(y, want, rtol=4e-6 * (1 + abs(value)), atol=1e-37)
 
@@ -369,9 +355,9 @@ def test_negative_strides_on_every_op(ops, rng):
     for x in _flips(rng, 2, 4, 6, 64):
         pos = np.arange(10, 16)[::-1]
         assert_within(ops.apply_rope_positions(x, pos, 10000.0), oracle.apply_rope_positions(x, pos, 10000.0),
-                      _rope_bound(x, 64), "rope flipped")
+                      rope_bound(x, 64), "rope flipped")
         assert_within(ops.apply_rope_partial(x, pos, 10000.0, 16), oracle.apply_rope_partial(x, pos, 10000.0, 16),
-                      _rope_bound(x, 16), "rope partial flipped")
+                      rope_bound(x, 16), "rope partial flipped")
         k, v = _randn(rng, 2, 2, 9, 64)[:, ::-1, ::-1], np.flip(_randn(rng, 2, 2, 9, 64))
         assert_within(ops.gqa_attention(x, k, v, 2, True), oracle.gqa_attention(x, k, v, 2, True),
                       attention_bound(x, k, v, 2), "attention flipped")
@@ -385,7 +371,7 @@ def test_rms_norm_eps_inside_the_square_root(ops, rng, eps):
     x = (rng.standard_normal((3, 256)) * np.sqrt(ms)).astype(F32)
     x = np.concatenate([x, np.zeros((1, 256), F32)])
     w = _randn(rng, 256, loc=1.0, scale=0.2)
-    y = _f32_result(ops.rms_norm(x, w, eps), x.shape)
+    y = f32_result(ops.rms_norm(x, w, eps), x.shape)
     ref = oracle.rms_norm(x, w, eps)
     assert_within(y, ref, 8 * EPS * np.abs(ref), f"rms_norm eps={eps}")
     np.testing.assert_array_equal(y[3], 0.0)
@@ -405,7 +391,7 @@ def test_layer_norm_eps_inside_the_square_root(ops, rng, eps):
     x = (5.0 + rng.standard_normal((3, 512)) * np.sqrt(var)).astype(F32)
     x = np.concatenate([x, np.full((1, 512), 7.0, F32)])
     w, bias = _randn(rng, 512, loc=1.0, scale=0.2), _randn(rng, 512, scale=0.1)
-    y = _f32_result(ops.layer_norm(x, w, bias, eps), x.shape)
+    y = f32_result(ops.layer_norm(x, w, bias, eps), x.shape)
     ref = oracle.layer_norm(x, w, bias, eps)
     assert_within(y, ref, 8 * EPS * (np.abs(ref) + np.abs(w) + np.abs(bias)), f"layer_norm eps={eps}")
     np.testing.assert_array_equal(y[3], bias)                            # (x - mean) = 0 exactly

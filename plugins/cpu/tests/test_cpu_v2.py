@@ -1,9 +1,10 @@
 """The contract-v2 semantics (SPEC §8) of the CPU kernels against the float64 oracle.
 
-The running core still has the v1 hookspecs, so these call the kernels (fixture ``k2``: the kernels
-module with the v2 arguments defaulted as the backend object will default them).  Bounds and why:
-``cpu_tolerances.py``; every test also runs with warnings as errors and NumPy floating-point errors
-raising, so a NaN, an overflow or an invalid operation anywhere in a kernel fails it.
+Each test runs through the backend object (validation and dispatch) and on the kernels with the v2
+arguments defaulted as the backend object defaults them (fixture ``k2``), on every code path (fixture
+``path``).  Bounds and why: ``cpu_tolerances.py``.  The checks wrapped in ``no_warnings()`` run with
+warnings as errors and NumPy floating-point errors raising, so a NaN, an overflow or an invalid
+operation anywhere in those kernels fails them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 
-from cpu_tolerances import EPS, U, assert_within, attention_bound, dot_bound
+from cpu_tolerances import EPS, U, assert_within, attention_bound, dot_bound, f32_result, rope_bound
 from sapient_core.testing import oracle
 
 F32 = np.float32
@@ -36,23 +37,7 @@ def no_warnings():
             yield
 
 
-def _f32_result(y, shape):
-    assert isinstance(y, np.ndarray) and y.dtype == np.float32, (type(y), getattr(y, "dtype", None))
-    assert y.shape == shape, (y.shape, shape)
-    return y
-
-
 # --- rope --------------------------------------------------------------------------------------------
-
-def _rope_bound(x, rotary_dim, scaling=1.0):
-    """4 EPS (|x1| + |x2|) per rotated channel, times the attention scaling that multiplies cos and sin
-    (two products and a sum per output, cos/sin rounded once); the copied channels are exact."""
-    x = np.abs(x.astype(np.float64))
-    half = rotary_dim // 2
-    pair = x[..., :half] + x[..., half:rotary_dim]
-    rot = 4 * EPS * max(1.0, scaling) * np.concatenate([pair, pair], axis=-1)
-    return np.concatenate([rot, np.zeros_like(x[..., rotary_dim:])], axis=-1)
-
 
 def _yarn_like_inv_freq(rotary_dim, base=1e6, factor=8.0):
     """Frequencies as YaRN / llama3 make them: the default ones, the low frequencies divided by a
@@ -68,8 +53,8 @@ def test_apply_rope_with_given_frequencies(k2, rng, rotary_dim, scaling):
     pos = np.array([0, 1, 2, 3, 4096, 70000, 131071])
     inv = _yarn_like_inv_freq(rotary_dim)
     with no_warnings():
-        y = _f32_result(k2.apply_rope(x, pos, inv, scaling), x.shape)
-    assert_within(y, oracle.apply_rope(x, pos, inv, scaling), _rope_bound(x, rotary_dim, scaling), "apply_rope")
+        y = f32_result(k2.apply_rope(x, pos, inv, scaling), x.shape)
+    assert_within(y, oracle.apply_rope(x, pos, inv, scaling), rope_bound(x, rotary_dim, scaling), "apply_rope")
     np.testing.assert_array_equal(y[..., rotary_dim:], x[..., rotary_dim:])
 
 
@@ -79,7 +64,7 @@ def test_apply_rope_is_apply_rope_partial_with_default_frequencies(k2, rng):
     inv = oracle.rope_inv_freq(10000.0, 32)
     got = k2.apply_rope(x, pos, inv.astype(F32), 1.0)
     # the float32 inv_freq differs from the float64 one by < 1 ulp: same result within the bound
-    assert_within(got, k2.apply_rope_partial(x, pos, 10000.0, 32), 2 * _rope_bound(x, 32) + 243 * EPS * np.abs(x),
+    assert_within(got, k2.apply_rope_partial(x, pos, 10000.0, 32), 2 * rope_bound(x, 32) + 243 * EPS * np.abs(x),
                   "apply_rope vs partial")
     # the oracle itself: apply_rope with the default frequencies is apply_rope_partial exactly
     np.testing.assert_array_equal(oracle.apply_rope(x, pos, inv, 1.0), oracle.apply_rope_partial(x, pos, 10000.0, 32))
@@ -107,8 +92,8 @@ def test_rope_batch_positions(k2, rng, op):
            "rope": lambda x_, p: oracle.apply_rope(x_, p, _yarn_like_inv_freq(40), 1.1)}[op]
     rdim = {"positions": 64, "partial": 48, "rope": 40}[op]
     with no_warnings():
-        y = _f32_result(call(x, pos), x.shape)
-    assert_within(y, ref(x, pos), _rope_bound(x, rdim, 1.1), f"rope {op} [B, S] positions")
+        y = f32_result(call(x, pos), x.shape)
+    assert_within(y, ref(x, pos), rope_bound(x, rdim, 1.1), f"rope {op} [B, S] positions")
     for i in range(b):
         np.testing.assert_array_equal(y[i:i + 1], call(x[i:i + 1], pos[i]))
     # the oracle's [B, S] path agrees with its [S] path row by row
@@ -120,18 +105,18 @@ def test_rope_float16_views_negative_strides_and_empty_batches(k2, rng):
     x16 = _randn(rng, 2, 4, 5, 64, dtype=np.float16)
     pos = np.array([[0, 1, 2, 3, 4], [7, 8, 9, 10, 11]], dtype=np.int32)
     inv = _yarn_like_inv_freq(64)
-    assert_within(_f32_result(k2.apply_rope(x16, pos, inv, 1.0), x16.shape), oracle.apply_rope(x16, pos, inv, 1.0),
-                  _rope_bound(x16, 64), "apply_rope float16")
+    assert_within(f32_result(k2.apply_rope(x16, pos, inv, 1.0), x16.shape), oracle.apply_rope(x16, pos, inv, 1.0),
+                  rope_bound(x16, 64), "apply_rope float16")
     base = _randn(rng, 2, 5, 4, 64)
     for x in (base.transpose(0, 2, 1, 3), base[::-1, ::-1].transpose(0, 2, 1, 3), base[..., ::-1].transpose(0, 2, 1, 3)):
         p = pos[:, ::-1]                                       # negative-stride positions too
         assert_within(k2.apply_rope(x, p, inv[::-1], 1.0), oracle.apply_rope(x, p, inv[::-1], 1.0),
-                      _rope_bound(x, 64), "apply_rope on a view")
+                      rope_bound(x, 64), "apply_rope on a view")
         assert_within(k2.apply_rope_partial(x, p, 500000.0, 16), oracle.apply_rope_partial(x, p, 500000.0, 16),
-                      _rope_bound(x, 16), "apply_rope_partial on a view")
+                      rope_bound(x, 16), "apply_rope_partial on a view")
     for x, p in ((np.zeros((0, 4, 5, 64), F32), np.zeros((0, 5), np.int64)), (np.zeros((2, 4, 0, 64), F32), np.zeros((2, 0), np.int64))):
-        _f32_result(k2.apply_rope(x, p, inv, 1.0), x.shape)
-        _f32_result(k2.apply_rope_positions(x, p, 10000.0), x.shape)
+        f32_result(k2.apply_rope(x, p, inv, 1.0), x.shape)
+        f32_result(k2.apply_rope_positions(x, p, 10000.0), x.shape)
 
 
 # --- attention ---------------------------------------------------------------------------------------
@@ -144,7 +129,7 @@ def _qkv(rng, b, h, kv, sq, sk, d=32, scale=1.0, dtype=F32):
 def _check_attention(k2, q, k, v, kv, causal, what, **kw):
     with no_warnings():
         y = k2.gqa_attention(q, k, v, kv, causal, **kw)
-    _f32_result(y, q.shape)
+    f32_result(y, q.shape)
     assert np.all(np.isfinite(y)), what
     ref = oracle.gqa_attention(q, k, v, kv, causal, **kw)
     assert_within(y, ref, attention_bound(q, k, v, kv, kw.get("scale"), kw.get("softcap")), what)
@@ -265,7 +250,7 @@ def test_attention_float16_views_negative_strides_and_empty(k2, rng):
     for qs, ks in (((0, 4, 5, 32), (0, 2, 9, 32)), ((2, 4, 0, 32), (2, 2, 9, 32))):
         e_q, e_k = np.zeros(qs, F32), np.zeros(ks, F32)
         y = k2.gqa_attention(e_q, e_k, e_k, 2, True, sliding_window=2, softcap=5.0, kv_mask=np.ones((ks[0], ks[2]), bool))
-        _f32_result(y, qs)
+        f32_result(y, qs)
 
 
 # --- logits ------------------------------------------------------------------------------------------
@@ -280,8 +265,8 @@ def _softcap_bound(hidden, head, ref_uncapped, c):
 def test_logits_softcap(k2, rng, c):
     hidden, head = _randn(rng, 2, 3, 128, scale=8.0), _randn(rng, 500, 128, scale=0.5)
     with no_warnings():
-        last = _f32_result(k2.logits_from_hidden(hidden, head, c), (2, 500))
-        every = _f32_result(k2.all_logits_from_hidden(hidden, head, c), (2, 3, 500))
+        last = f32_result(k2.logits_from_hidden(hidden, head, c), (2, 500))
+        every = f32_result(k2.all_logits_from_hidden(hidden, head, c), (2, 3, 500))
     raw = oracle.all_logits_from_hidden(hidden, head)
     assert np.abs(raw).max() > 3 * c                        # the cap really bites
     assert_within(every, oracle.all_logits_from_hidden(hidden, head, c), _softcap_bound(hidden, head, raw, c), "softcap")
@@ -299,7 +284,7 @@ def test_embedding(k2, rng, dtype):
     table = _randn(rng, 50, 16, dtype=dtype)
     ids = rng.integers(0, 50, size=(3, 7))
     with no_warnings():
-        y = _f32_result(k2.embedding(ids, table), (3, 7, 16))
+        y = f32_result(k2.embedding(ids, table), (3, 7, 16))
     np.testing.assert_array_equal(y, oracle.embedding(ids, table))      # a gather is exact
     y[0, 0] += 1                                                        # the result is not a view of the table
     np.testing.assert_array_equal(table[ids[0, 0]].astype(F32) + 1, y[0, 0])
@@ -307,8 +292,8 @@ def test_embedding(k2, rng, dtype):
     for ids_ in (ids[::-1, ::-1], ids.astype(np.int32).T, ids[:, ::2]):
         np.testing.assert_array_equal(k2.embedding(ids_, table[::1]), oracle.embedding(ids_, table))
     np.testing.assert_array_equal(k2.embedding(ids, table[::-1]), oracle.embedding(ids, table[::-1]))
-    _f32_result(k2.embedding(np.zeros((0, 4), np.int64), table), (0, 4, 16))
-    _f32_result(k2.embedding(np.zeros((2, 0), np.int64), table), (2, 0, 16))
+    f32_result(k2.embedding(np.zeros((0, 4), np.int64), table), (0, 4, 16))
+    f32_result(k2.embedding(np.zeros((2, 0), np.int64), table), (2, 0, 16))
 
 
 # --- NaN: where the formula has it, and nowhere a mask hides it ---------------------------------------
