@@ -16,14 +16,18 @@ MLP 5632, 4 layers, vocabulary 32000), one token over a KV cache of 512 position
 
 - ms/token: the median over ``--steps`` steps after one warm-up step;
 - host copies/step: device -> host copies per step (MLX; the logits, which the contract returns as
-  NumPy, are one), and host -> device activation uploads per step (the token embeddings, which the
-  test model gathers on the host);
+  NumPy, are one), and host -> device uploads per step other than weights (the token ids, the step's
+  RoPE cos/sin rows and the KV cache's write offset);
 - weight uploads after step 1: how many weights were uploaded again after the first step (target 0);
 - weight bytes/token: the bytes of every weight a step reads (all but the embedding table, plus one
   embedding row); GB/s = those bytes / the step time; % of bandwidth = that / the memory read
   bandwidth measured in the same run (the better of a sum and a dot product over arrays far larger
   than the last-level cache; a copy is shown too).  A CPU decode step is bound by reading the
   weights, so this says how close the step is to the machine's limit.
+
+Part 3, the same decode step with ``sapient_core.KVCache`` (preallocated, appended in place) and with a
+cache grown by concatenation, alternately, twice each: the better of the two medians of each, and their
+ratio.
 
 No numbers are asserted: this prints tables.  On a machine with two cores and other work running,
 OpenBLAS's two-thread matrix-vector products wait for the busy core (about 8 ms per call here), which
@@ -204,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         bw = memory_bandwidth(BW_BYTES)
         print_decode(results, config, weights, kv_len, bw)
         print(f"\nKV cache, decode step over {kv_len} cached positions: sapient_core.KVCache (preallocated, "
-              f"appended in place) against growing the cache by concatenation (ms/token, median of "
-              f"{args.steps} steps, measured alternately):")
+              f"appended in place) against growing the cache by concatenation (ms/token, the better of two medians "
+              f"of {args.steps} steps, measured alternately):")
         rows = []
         for be in (cpu, other):
             runs = {kind: [] for kind in ("inplace", "concat")}

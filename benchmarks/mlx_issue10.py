@@ -7,7 +7,7 @@ Sections (each prints a table; nothing here is asserted: timings belong to bench
 
 1. decode step: ms per token of a Llama-style model, host copies per step, weight uploads after the
    first step, for the portable test engine (``sapient_core.testing.models``: NumPy weights through the
-   weight cache, KV cache grown by concatenation) and the device engine (``benchmarks/mlx_engine.py``:
+   weight cache, ``sapient_core.KVCache`` appended in place) and the device engine (``benchmarks/mlx_engine.py``:
    weights handed over, in-place KV cache, embedding on the device, ``eval`` every step); with the
    plugin's first-use check and the logits ops' separate input evaluation switched off, to show what
    they cost;

@@ -16,7 +16,8 @@ from sapient_core import memory
 
 from helpers.fakeplugins import FakeSite
 
-SAPIENT_ENV = ("SAPIENT_BACKEND", "SAPIENT_PLUGINS", "SAPIENT_DISABLE_PLUGIN_AUTOLOAD", "SAPIENT_STRICT")
+SAPIENT_ENV = ("SAPIENT_BACKEND", "SAPIENT_PLUGINS", "SAPIENT_DISABLE_PLUGIN_AUTOLOAD", "SAPIENT_STRICT",
+               "SAPIENT_CROSS_CHECK")
 
 
 @pytest.fixture(autouse=True)

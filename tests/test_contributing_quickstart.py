@@ -22,11 +22,6 @@ def section(title: str) -> str:
     return TEXT[start:end if end > 0 else None]
 
 
-def sapient_core_ops():
-    from sapient_core import OPS
-    return OPS
-
-
 def test_quickstart_followed_literally_works(tmp_path):
     """Write every file the quickstart shows, run every command it shows, in one shell, in order, in a
     virtualenv that has only what the quickstart says a reader has (sapient-core: no pytest, no ml_dtypes)."""
@@ -55,7 +50,7 @@ def test_quickstart_followed_literally_works(tmp_path):
     # `sapient-backends check hello` passed every rms_norm case (bfloat16 included: the quickstart installs
     # ml_dtypes), with the other ops reported as not implemented
     k = len(build_cases("small", ["rms_norm"]))
-    n_ops = len(sapient_core_ops())
+    n_ops = len(OPS)
     assert f"hello (cpu, 0.1.0): OK - {k} passed, 0 failed, 0 declined, {n_ops - 1} op(s) not implemented" in out
     # the pytest file, then the pytest option (which adds the kit beside tests/: twice the tests)
     n = len(build_cases())

@@ -19,7 +19,8 @@ from sapient_core.hookspecs import OPS
 from sapient_core.registry import Registry
 from sapient_backend_cpu import kernels
 
-from helpers.fakeplugins import caps_dict, delegating_plugin, namespace_plugin, op_function
+from helpers.fakeplugins import (Boxed, caps_dict, delegating_plugin, namespace_plugin, op_function,
+                                 sapient_warnings, unbox)
 from helpers.samples import INVALID, NUMPY_RESULT_OPS, valid_args
 
 ERRORS = {"ShapeError": ShapeError, "DTypeError": DTypeError, "ArgumentError": ArgumentError}
@@ -39,10 +40,6 @@ def assert_same(a, b):
     a, b = np.asarray(a), np.asarray(b)
     assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
     np.testing.assert_array_equal(a, b)
-
-
-def sapient_warnings(caplog):
-    return [r.getMessage() for r in caplog.records if r.name == "sapient_core" and r.levelno == logging.WARNING]
 
 
 # --- every op, bound to the winning implementation -------------------------------------------------------
@@ -348,20 +345,6 @@ def test_sapient_strict_env_and_the_explicit_argument(monkeypatch):
 
 
 # --- the backend's own array type ----------------------------------------------------------------------------
-
-class Boxed:
-    """A stand-in for a device array type (mx.array): has .shape and .dtype, is not a NumPy array."""
-
-    def __init__(self, a):
-        self.a = np.asarray(a)
-
-    shape = property(lambda self: self.a.shape)
-    dtype = property(lambda self: self.a.dtype)
-
-
-def unbox(x):
-    return x.a if isinstance(x, Boxed) else np.asarray(x)
-
 
 def boxed_plugin(fail_rms=False):
     def rms_norm(x, weight, eps):

@@ -20,7 +20,7 @@ from sapient_core import (BackendNotFoundError, BackendOpError, BackendUnavailab
 from sapient_core.registry import Registry
 
 from helpers.broken_plugins import BROKEN, MOD
-from helpers.fakeplugins import FakeEntryPoint, caps_dict, namespace_plugin, plugin_source
+from helpers.fakeplugins import Boxed, FakeEntryPoint, caps_dict, namespace_plugin, plugin_source
 
 
 @pytest.mark.parametrize("source, error_type, message", [c[1:] for c in BROKEN], ids=[c[0] for c in BROKEN])
@@ -481,12 +481,6 @@ def test_a_keyboard_interrupt_in_the_capability_hook_propagates_and_leaves_nothi
 
 
 def test_memory_stats_and_conversion_hooks_that_raise_base_exceptions():
-    class Boxed:
-        def __init__(self, a):
-            self.a = np.asarray(a)
-        shape = property(lambda self: self.a.shape)
-        dtype = property(lambda self: self.a.dtype)
-
     def exit_now():
         raise SystemExit(7)
 

@@ -8,7 +8,6 @@ marker file, so "loaded" and "not loaded" are facts, not statuses.
 from __future__ import annotations
 
 import re
-import sys
 import warnings
 
 import pytest
@@ -29,7 +28,7 @@ def spy(fake_site, tmp_path):
 
 
 def switch_warnings(fn):
-    """Run ``fn``; return its result and the SwitchWarnings it issued (every one, not deduplicated)."""
+    """Run ``fn``; return its result and the SapientWarnings it issued (every one, not deduplicated)."""
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         result = fn()

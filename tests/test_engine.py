@@ -11,24 +11,24 @@ installed backend, each against the same composition in float64 (OracleBackend).
 
 Tolerance: logits within 2e-5 of the largest |logit| of the float64 composition.  Every op adds float32
 roundings of ~1e-7 relative; measured, the CPU reference lands ~1e-6 and MLX ~2e-6 from float64 after
-two to four layers, so 2e-5 is a >10x margin, while a wrong window, softcap, scale, RoPE frequency,
-padding mask or cache offset changes logits by 1e-2 or more (the `*_would_be_caught` tests show it).
+two to four layers, so 2e-5 is a >10x margin, while a wrong window, softcap, scale or RoPE frequency
+changes logits by 1e-2 or more (test_gemma2_softcaps_windows_and_scale_are_really_applied
+and test_llama3_rope_scaling_is_really_applied show it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 
 import numpy as np
 import pytest
 
 import sapient_core
-from sapient_core import hookimpl
 from sapient_core.registry import Registry
 from sapient_core.testing.models import Decoder, DecoderConfig, left_padded, random_weights
 from sapient_core.testing.oracle import OracleBackend
-from sapient_backend_cpu import kernels
+
+from helpers.fakeplugins import Opaque, opaque_plugin
 
 REL = 2e-5
 
@@ -162,38 +162,6 @@ def test_the_concatenating_cache_gives_the_same_logits(backend):
 
 
 # --- a backend whose arrays have none of NumPy's methods ---------------------------------------------------
-
-class Opaque:
-    """A device array stand-in like a torch tensor seen from NumPy code: ``.shape`` and ``.dtype`` only."""
-
-    __slots__ = ("_data", "shape", "dtype")
-
-    def __init__(self, data):
-        self._data = np.asarray(data)
-        self.shape = self._data.shape
-        self.dtype = self._data.dtype
-
-
-def opaque_plugin():
-    def box(fn):
-        def op(*args):
-            return Opaque(fn(*[a._data if isinstance(a, Opaque) else a for a in args]))
-        op.__name__ = fn.__name__
-        return op
-
-    ns = {
-        "backend_capabilities": hookimpl(lambda: {"api_version": 2, "device": "opaque", "available": True,
-                                                  "thread_safe": True}),
-        "backend_to_numpy": hookimpl(lambda x: x._data if isinstance(x, Opaque) else np.asarray(x)),
-        "backend_from_numpy": hookimpl(lambda x: Opaque(x)),
-    }
-    for op in ("linear_3d", "rms_norm", "silu", "gelu", "mul", "add", "apply_rope", "gqa_attention", "embedding"):
-        fn = getattr(kernels, op)
-        wrapped = box(fn)
-        wrapped.__wrapped__ = fn                  # the hook's signature, for pluggy
-        ns[op] = hookimpl(wrapped)
-    return types.SimpleNamespace(**ns)
-
 
 def test_the_engine_runs_on_a_backend_whose_arrays_have_no_numpy_methods():
     for name in ("reshape", "transpose", "copy", "astype", "__getitem__", "__array__", "sum"):

@@ -110,6 +110,6 @@ def test_example_follows_the_contributing_quickstart():
     assert example["tool"]["setuptools"]["packages"] == ["sapient_backend_example"]
     plugin = (EXAMPLE / "sapient_backend_example" / "plugin.py").read_text()
     assert "from sapient_core import OpDeclined, hookimpl" in plugin
-    assert '"api_version": 1,' in plugin                # a literal, as the quickstart teaches
+    assert '"api_version": 1,' in plugin                # a literal, as the quickstart teaches (written for API 1)
     assert (EXAMPLE / "tests" / "test_conformance.py").read_text().strip().endswith(
         'test_conformance = conformance_tests("example")')

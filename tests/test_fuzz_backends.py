@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sapient_core import ArgumentError, DTypeError, SapientError, ShapeError
@@ -47,8 +47,6 @@ from sapient_core.registry import Registry
 EXAMPLES = int(os.environ.get("SAPIENT_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("SAPIENT_FUZZ_RANDOM"),
                 database=None, suppress_health_check=list(HealthCheck))
-#: For the tests of known bugs (expected failures): stop at the first failing input, no shrinking.
-KNOWN_BUG = settings(FUZZ, max_examples=min(EXAMPLES, 10), phases=[Phase.explicit, Phase.generate])
 #: What the fuzz did, for the session's summary (tests/conftest.py prints it).
 FIGURES: Counter = Counter()
 

@@ -9,7 +9,7 @@ import sapient_core
 from sapient_core import KVCache, ShapeError
 from sapient_core.registry import Registry
 
-from test_engine import Opaque, opaque_plugin
+from helpers.fakeplugins import Opaque, opaque_plugin
 
 
 def kv(rng, s, b=2, heads=2, d=4):
@@ -142,6 +142,6 @@ def test_layout_errors_are_the_same_everywhere(name, call, message):
         call(be, x)
 
 
-def test_kvcache_is_public_and_cheap_to_import():
+def test_kvcache_is_public():
     assert sapient_core.KVCache is KVCache and "KVCache" in sapient_core.__all__
     assert not hasattr(Opaque(np.zeros(1)), "reshape")

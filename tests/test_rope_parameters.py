@@ -651,7 +651,7 @@ def test_config_not_a_mapping():
 
 
 def test_error_paths_leave_nothing_unchecked():
-    """Every documented validation above raises; a config one step away from each is accepted."""
+    """Every documented validation above raises; a few configs one step from an error are accepted."""
     assert rope_parameters(_with({"rope_type": "linear", "factor": 0.5})).inv_freq[0] == 2.0  # (0,1) allowed
     assert rope_parameters(_phi()).rope_type == "longrope"
     assert rope_parameters(_with(head_dim=8)).rotary_dim == 8

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import logging
 import re
 import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable
+
+import numpy as np
 
 from sapient_core.hookspecs import OPS
 from sapient_core.registry import ENTRY_POINT_GROUP, Registry
@@ -209,6 +212,63 @@ def delegating_plugin(ops: Iterable[str] = tuple(OPS), caps: dict | None = None,
     plugin = namespace_plugin(caps, **{op: make(op) for op in ops}, **hooks)
     plugin.calls = calls
     return plugin
+
+
+class Boxed:
+    """A stand-in for a device array type (mx.array): has .shape and .dtype, is not a NumPy array."""
+
+    def __init__(self, a: Any):
+        self.a = np.asarray(a)
+
+    shape = property(lambda self: self.a.shape)
+    dtype = property(lambda self: self.a.dtype)
+
+
+def unbox(x: Any) -> Any:
+    """The NumPy array inside a :class:`Boxed` (NumPy arrays as they are)."""
+    return x.a if isinstance(x, Boxed) else np.asarray(x)
+
+
+class Opaque:
+    """A device array stand-in like a torch tensor seen from NumPy code: ``.shape`` and ``.dtype`` only."""
+
+    __slots__ = ("_data", "shape", "dtype")
+
+    def __init__(self, data: Any):
+        self._data = np.asarray(data)
+        self.shape = self._data.shape
+        self.dtype = self._data.dtype
+
+
+def opaque_plugin() -> Any:
+    """A plugin whose arrays are :class:`Opaque` (no NumPy method at all): the ops a decoder needs, as the
+    CPU kernels on the unwrapped data; no layout hook, so the core's NumPy defaults serve those."""
+    from sapient_core import hookimpl
+    from sapient_backend_cpu import kernels
+
+    def box(fn: Callable) -> Callable:
+        def op(*args: Any) -> Any:
+            return Opaque(fn(*[a._data if isinstance(a, Opaque) else a for a in args]))
+        op.__name__ = fn.__name__
+        return op
+
+    ns = {
+        "backend_capabilities": hookimpl(lambda: {"api_version": 2, "device": "opaque", "available": True,
+                                                  "thread_safe": True}),
+        "backend_to_numpy": hookimpl(lambda x: x._data if isinstance(x, Opaque) else np.asarray(x)),
+        "backend_from_numpy": hookimpl(lambda x: Opaque(x)),
+    }
+    for op in ("linear_3d", "rms_norm", "silu", "gelu", "mul", "add", "apply_rope", "gqa_attention", "embedding"):
+        fn = getattr(kernels, op)
+        wrapped = box(fn)
+        wrapped.__wrapped__ = fn                  # the hook's signature, for pluggy
+        ns[op] = hookimpl(wrapped)
+    return SimpleNamespace(**ns)
+
+
+def sapient_warnings(caplog: Any) -> list[str]:
+    """The messages logged at WARNING on the ``sapient_core`` logger."""
+    return [r.getMessage() for r in caplog.records if r.name == "sapient_core" and r.levelno == logging.WARNING]
 
 
 def build_wheel(out_dir: Path, dist: str, version: str, files: dict[str, str],

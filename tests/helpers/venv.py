@@ -4,8 +4,8 @@ from copies of this checkout (nothing is built inside the source tree).
 The tests that need real installs (entry points read by ``importlib.metadata``, console scripts, the
 pytest11 plugin) share :func:`kit_venv` (plus the example backend, pytest and ml_dtypes); CONTRIBUTING's
 quickstart runs in :func:`bare_venv` (sapient-core alone, as the quickstart assumes).  Installs use
-``--no-deps --no-build-isolation`` from local copies; only numpy, pluggy, pydantic, pytest, ml_dtypes,
-setuptools and wheel come from the package index (pip's cache), which keeps each setup around ten seconds.
+``--no-deps --no-build-isolation`` from local copies; only numpy, numba, pluggy, pydantic, pytest,
+ml_dtypes, setuptools and wheel come from the package index (pip's cache), which keeps each setup around ten seconds.
 """
 
 from __future__ import annotations
