@@ -9,8 +9,13 @@ measured:
 - ``checked``: a plugin registered in-process whose ops are the same NumPy kernels, so the difference
   from ``cpu`` is exactly the untrusted path (result check, try/except for the fallback).
 
+Each op is called the way ``sapient_core.testing.models.Decoder`` calls it in a Llama decode step
+(e.g. ``apply_rope`` with an ``inv_freq`` table, ``gqa_attention`` with its optional arguments unset).
+The last line weighs the ops by how often one decode step of a 32-layer Llama calls each (counted
+from ``stats()`` of a real ``Decoder`` step): the backend object's cost per call of a decode step.
+
 Each figure is the best of interleaved rounds (the direct call, then each backend, repeated), in µs.
-No assertion: timings belong here, not in the tests.  Options: ``--quick``.
+No assertion: timings belong here, not in the tests.  Options: ``--quick``, ``--layers N``.
 """
 
 from __future__ import annotations
@@ -46,14 +51,32 @@ def cases():
     q = np.ones((1, 4, 1, 8), F32)
     kv = np.ones((1, 2, 3, 8), F32)
     return {
-        "rms_norm": (x, w, 1e-6), "silu": (x,), "add": (x, x), "linear_3d": (x, np.ones((4, 8), F32)),
-        "apply_rope_positions": (q, np.array([2]), 10000.0), "gqa_attention": (q, kv, kv, 2, True),
+        "rms_norm": (x, w, 1e-6), "linear_3d": (x, np.ones((4, 8), F32)),
+        "apply_rope": (q, np.array([2]), np.ones(4, F32), 1.0), "gqa_attention": (q, kv, kv, 2, True),
+        "silu": (x,), "mul": (x, x), "add": (x, x), "embedding": (np.array([[3]]), np.ones((10, 8), F32)),
+        "logits_from_hidden": (x, np.ones((10, 8), F32)),
+        "apply_rope_positions": (q, np.array([2]), 10000.0), "layer_norm": (x, w, None, 1e-5),
+        "gelu": (x, "tanh"),
     }
+
+
+def decode_step_calls(layers: int) -> dict[str, int]:
+    """How many times one decode step of a ``layers``-layer Llama calls each op (a real Decoder step)."""
+    from sapient_core.testing.models import Decoder, DecoderConfig, random_weights
+    config = DecoderConfig(num_hidden_layers=layers)
+    backend = sapient_core.get_backend("cpu")
+    decoder = Decoder(backend, config, random_weights(config))
+    _, state = decoder(np.array([[1, 2, 3]]))
+    before = {op: s.calls for op, s in backend.stats().ops.items()}
+    decoder(np.array([[4]]), state)
+    after = backend.stats().ops
+    return {op: after[op].calls - before[op] for op in after if after[op].calls > before[op]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    parser.add_argument("--layers", type=int, default=32, help="layers of the decode step the mean weighs (32)")
     args = parser.parse_args()
     n, rounds = (20000, 3) if args.quick else (100000, 7)
     sapient_core.register_backend(checked_plugin(), "checked")
@@ -65,6 +88,7 @@ def main() -> None:
     print(f"| {'op':<22} | {'kernel µs':>9} | {'cpu overhead':>12} | {'checked overhead':>16} |")
     print(f"|{'-' * 24}|{'-' * 11}|{'-' * 14}|{'-' * 18}|")
     from sapient_core import OPS
+    overhead = {}
     for op, a in cases().items():
         a = a + tuple(arg.default for arg in OPS[op].args[len(a):])   # the kernels take every argument
         direct, via_cpu, via_checked = getattr(kernels, op), getattr(cpu, op), getattr(checked, op)
@@ -74,9 +98,19 @@ def main() -> None:
             t["c"].append(timeit.timeit(lambda: via_cpu(*a), number=n) / n)
             t["x"].append(timeit.timeit(lambda: via_checked(*a), number=n) / n)
         k, c, x = min(t["k"]), min(t["c"]), min(t["x"])
+        overhead[op] = (c - k, x - k)
         print(f"| {op:<22} | {k * 1e6:9.2f} | {(c - k) * 1e6:12.2f} | {(x - k) * 1e6:16.2f} |")
     ran = checked.stats().ops["silu"]
     print(f"\nchecked backend: silu ran {ran.calls} times on the plugin, {ran.fallbacks} fallbacks (must be 0)")
+    calls = decode_step_calls(args.layers)
+    missing = set(calls) - set(overhead)
+    if missing:
+        raise SystemExit(f"the decode step calls {sorted(missing)}, which this benchmark does not measure")
+    total = sum(calls.values())
+    mean = [sum(calls[op] * overhead[op][i] for op in calls) / total for i in (0, 1)]
+    print(f"\none decode step of a {args.layers}-layer Llama: {total} calls "
+          f"({', '.join(f'{op} {k}' for op, k in calls.items())})")
+    print(f"mean overhead per call of that step: cpu {mean[0] * 1e6:.2f} µs, checked {mean[1] * 1e6:.2f} µs")
 
 
 if __name__ == "__main__":

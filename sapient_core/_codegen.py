@@ -10,8 +10,14 @@ Why generated source rather than methods built at run time: type checkers and ID
 file; ``inspect.getsource`` works; and each method is straight-line code with the op's argument names,
 which is what keeps the dispatcher's per-call cost low.
 
-Each method does, in order: the op's check from :mod:`sapient_core.validate` (bad input raises
-before anything is counted), count the call, then
+Each method first runs the op's check from :mod:`sapient_core.validate` (bad input raises before
+anything is counted).  The check's fast path (the first ``try`` of each ``check_<op>``: a few attribute reads and comparisons
+that accept the common case) is copied into the method from validate.py's source, so the common case
+costs no extra function call; when it does not accept, the method calls the whole check, which raises
+the error or accepts.  validate.py stays the one place the checks are written: editing a fast path
+there makes this file stale, and tests/test_core_meta.py fails until it is regenerated.
+
+Then it counts the call, and:
 
 - ``route.trusted`` (the CPU reference, or an op the plugin does not implement and the reference
   serves): call the implementation and return;
@@ -27,12 +33,17 @@ before anything is counted), count the call, then
 from __future__ import annotations
 
 import argparse
+import ast
+import builtins
 import sys
 from pathlib import Path
 
 from .hookspecs import OPS, OpSpec
 
 TARGET = Path(__file__).with_name("_ops.py")
+VALIDATE = Path(__file__).with_name("validate.py")
+#: Names a method uses itself: a fast path must not assign them.
+_RESERVED = {"self", "r", "y", "exc", "ok"}
 
 HEADER = '''\
 """The op methods of :class:`sapient_core.Backend`, one per op of :data:`sapient_core.hookspecs.OPS`.
@@ -45,12 +56,14 @@ does is described in ``sapient_core/_codegen.py``.
 # fmt: off
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from numpy import ndarray as _ndarray
 
-from .validate import _F32, _F32S
 from .validate import broadcast_shape as _broadcast
+from .validate import (  # what the inlined fast paths read
+{fast_imports}
+)
 from .validate import (
 {imports}
 )
@@ -99,13 +112,86 @@ def _docstring(spec: OpSpec) -> list[str]:
     return out
 
 
-def _method(spec: OpSpec) -> list[str]:
+class FastPath:
+    """The fast path of one ``check_<op>``: the statements before its ``if`` and the ``if``'s test."""
+
+    def __init__(self, setup: list[str], test: str, names: set[str]):
+        self.setup, self.test, self.names = setup, test, names
+
+
+def fast_paths(source: str | None = None) -> dict[str, FastPath]:
+    """check name -> its fast path, read from validate.py: a check whose body starts with ``try:``,
+    whose try body is simple statements then ``if <test>: return`` (or ``return <positions>``), and whose
+    handler catches AttributeError, TypeError and ValueError.  Checks without one are absent."""
+    tree = ast.parse(source if source is not None else VALIDATE.read_text(encoding="utf-8"))
+    found = {}
+    for fn in tree.body:
+        if not (isinstance(fn, ast.FunctionDef) and fn.name.startswith("check_") and fn.body
+                and isinstance(fn.body[0], ast.Try)):
+            continue
+        block = fn.body[0]
+        *setup, last = block.body
+        caught = {ast.unparse(e) for h in block.handlers for e in getattr(h.type, "elts", [h.type])}
+        ok = (isinstance(last, ast.If) and not last.orelse and isinstance(last.body[-1], ast.Return)
+              and caught == {"AttributeError", "TypeError", "ValueError"}
+              and all(isinstance(st, (ast.Assign, ast.Expr)) for st in setup + last.body[:-1]))
+        if not ok:
+            raise ValueError(f"validate.{fn.name}: its try block is not a fast path this generator can inline")
+        params = {a.arg for a in fn.args.args}
+        returned = last.body[-1].value
+        if returned is not None and not (isinstance(returned, ast.Name) and returned.id in params):
+            raise ValueError(f"validate.{fn.name}: a fast path returns None or one of its arguments")
+        assigned = {n.id for st in setup for n in ast.walk(st) if isinstance(n, ast.Name)
+                    and isinstance(n.ctx, ast.Store)}
+        clash = assigned & (params | _RESERVED)
+        if clash:
+            raise ValueError(f"validate.{fn.name}: its fast path assigns {sorted(clash)}, which the method uses")
+        loaded = {n.id for n in ast.walk(block) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        body = [ast.unparse(st) for st in setup + last.body[:-1]]
+        found[fn.name] = FastPath(body, ast.unparse(last.test), loaded - params - assigned)
+    return found
+
+
+def _check_lines(spec: OpSpec, fast: FastPath | None, pad: str = "        ") -> list[str]:
     call = ", ".join(spec.argnames)
-    args = f"({call},)" if len(spec.args) == 1 else f"({call})"
     check = f"check_{spec.name}({call})"
     pos = spec.positions_arg
-    lines = [_signature(spec)] + _docstring(spec)
-    lines.append(f"        {pos} = {check}" if pos else f"        {check}")
+    full = f"{pos} = {check}" if pos else check
+    if fast is None:
+        return [f"{pad}{full}"]
+    lines = [f"{pad}try:  # the fast path of validate.{spec.check_name}, inlined"]
+    lines += [f"{pad}    {st}" for st in fast.setup]
+    lines += [f"{pad}    ok = {fast.test}",
+              f"{pad}except (AttributeError, TypeError, ValueError):",
+              f"{pad}    ok = False",
+              f"{pad}if not ok:",
+              f"{pad}    {full}"]
+    return lines
+
+
+def _trusted(spec: OpSpec, fast: FastPath | None) -> list[str]:
+    """``_trusted_<op>(route)``: the op method for a trusted route, as a closure over the route and its
+    implementation (Backend sets it on the instance, where it shadows the method)."""
+    call = ", ".join(spec.argnames)
+    head = _signature(spec).replace("(self, ", "(").replace("(\n        self,\n", "(\n")
+    head = "\n".join(line[4:] if line.startswith("    ") else line for line in head.splitlines())
+    lines = [f"def _trusted_{spec.name}(r: _Route) -> Callable[..., Any]:",
+             f'    """``Backend.{spec.name}`` for a trusted route: check, count, call."""',
+             "    impl = r.impl",
+             ""]
+    lines += [f"    {line}" for line in head.splitlines()]
+    lines += _check_lines(spec, fast)
+    ignore = "  # type: ignore[no-any-return]" if spec.numpy_result else ""
+    lines += ["        r.calls += 1", f"        return impl({call}){ignore}",
+              "",
+              f"    return {spec.name}", "", ""]
+    return lines
+
+
+def _method(spec: OpSpec, fast: FastPath | None = None) -> list[str]:
+    call = ", ".join(spec.argnames)
+    args = f"({call},)" if len(spec.args) == 1 else f"({call})"
+    lines = [_signature(spec)] + _docstring(spec) + _check_lines(spec, fast)
     lines += [
         f"        r = self._r_{spec.name}",
         "        r.calls += 1",
@@ -138,17 +224,37 @@ def generate() -> str:
     """The source of ``_ops.py`` for the current declarations."""
     checks = sorted(spec.check_name for spec in OPS.values())
     imports = "\n".join(f"    {name}," for name in checks)
-    out = [HEADER.format(imports=imports)]
+    fast = fast_paths()
+    names = {"_F32", "_F32S"}.union(*(f.names for f in fast.values())) - set(checks) - {"_ndarray"}
+    unknown = names - set(dir(builtins)) - _validate_globals()
+    if unknown:
+        raise ValueError(f"the fast paths read {sorted(unknown)}, which validate.py does not define")
+    fast_imports = "\n".join(f"    {name}," for name in sorted(names - set(dir(builtins))))
+    out = [HEADER.format(imports=imports, fast_imports=fast_imports)]
     out += [f"    _r_{name}: _Route" for name in OPS]
     out.append("")
     for spec in OPS.values():
-        out += _method(spec)
+        out += _method(spec, fast.get(spec.check_name))
+    out += ["", "# The op methods for a trusted route (the CPU reference, or an op the reference serves): the same",
+            "# check, then count and call, as a closure that Backend sets on the instance (no route lookup,",
+            "# no branch).", ""]
+    for spec in OPS.values():
+        out += _trusted(spec, fast.get(spec.check_name))
+    out += ["#: op name -> its trusted-route factory.",
+            "TRUSTED: dict[str, Callable[[_Route], Callable[..., Any]]] = {"]
+    out += [f"    {name!r}: _trusted_{name}," for name in OPS]
+    out += ["}", "", ""]
     out += ["", "# The result shape of each op, as a function of its arguments (OpSpec.result_shape), for the slow",
             "# path that explains a wrong result.", ""]
     for spec in OPS.values():
         out += [f"def _shape_{spec.name}({', '.join(spec.argnames)}):",
                 f"    return {spec.result_shape}", "", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _validate_globals() -> set[str]:
+    from . import validate
+    return set(vars(validate))
 
 
 def main(argv: list[str] | None = None) -> int:

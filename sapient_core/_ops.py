@@ -8,12 +8,19 @@ does is described in ``sapient_core/_codegen.py``.
 # fmt: off
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from numpy import ndarray as _ndarray
 
-from .validate import _F32, _F32S
 from .validate import broadcast_shape as _broadcast
+from .validate import (  # what the inlined fast paths read
+    _ARRAY_TYPES,
+    _F32,
+    _F32S,
+    _I64,
+    _INF,
+    _broadcastable,
+)
 from .validate import (
     check_add,
     check_all_logits_from_hidden,
@@ -74,7 +81,14 @@ class OpMethods:
         :param weight: (out, in) float32.
         :returns: (B, S, out) float32, in the backend's array type.
         """
-        check_linear_3d(x, weight)
+        try:  # the fast path of validate.check_linear_3d, inlined
+            _, _, n = x.shape
+            _, m = weight.shape
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (weight.__class__ is _ndarray or weight.__class__ in _ARRAY_TYPES) and (weight.dtype is _F32 or weight.dtype in _F32S) and (n == m)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_linear_3d(x, weight)
         r = self._r_linear_3d
         r.calls += 1
         if r.trusted:
@@ -101,7 +115,14 @@ class OpMethods:
         :param bias: (out,) float32, or None (then the result equals ``linear_3d``).
         :returns: (B, S, out) float32.
         """
-        check_linear_3d_bias(x, weight, bias)
+        try:  # the fast path of validate.check_linear_3d_bias, inlined
+            _, _, n = x.shape
+            o, m = weight.shape
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (weight.__class__ is _ndarray or weight.__class__ in _ARRAY_TYPES) and (weight.dtype is _F32 or weight.dtype in _F32S) and (n == m) and (bias is None or ((bias.__class__ is _ndarray or bias.__class__ in _ARRAY_TYPES) and (bias.dtype is _F32 or bias.dtype in _F32S) and (bias.shape == (o,))))
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_linear_3d_bias(x, weight, bias)
         r = self._r_linear_3d_bias
         r.calls += 1
         if r.trusted:
@@ -128,7 +149,13 @@ class OpMethods:
         :param eps: float >= 0.
         :returns: same shape as x, float32.
         """
-        check_rms_norm(x, weight, eps)
+        try:  # the fast path of validate.check_rms_norm, inlined
+            xs = x.shape
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (weight.__class__ is _ndarray or weight.__class__ in _ARRAY_TYPES) and (weight.dtype is _F32 or weight.dtype in _F32S) and xs and (weight.ndim == 1) and (len(weight) == xs[-1]) and (type(eps) is float) and (0.0 <= eps < _INF)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_rms_norm(x, weight, eps)
         r = self._r_rms_norm
         r.calls += 1
         if r.trusted:
@@ -156,7 +183,13 @@ class OpMethods:
         :param eps: float >= 0.
         :returns: same shape as x, float32.
         """
-        check_layer_norm(x, weight, bias, eps)
+        try:  # the fast path of validate.check_layer_norm, inlined
+            xs = x.shape
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (weight.__class__ is _ndarray or weight.__class__ in _ARRAY_TYPES) and (weight.dtype is _F32 or weight.dtype in _F32S) and xs and (weight.shape == xs[-1:]) and (bias is None or ((bias.__class__ is _ndarray or bias.__class__ in _ARRAY_TYPES) and (bias.dtype is _F32 or bias.dtype in _F32S) and (bias.shape == xs[-1:]))) and (type(eps) is float) and (0 <= eps < _INF)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_layer_norm(x, weight, bias, eps)
         r = self._r_layer_norm
         r.calls += 1
         if r.trusted:
@@ -181,7 +214,12 @@ class OpMethods:
         :param x: any shape, float32.
         :returns: same shape, float32.
         """
-        check_silu(x)
+        try:  # the fast path of validate.check_silu, inlined
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_silu(x)
         r = self._r_silu
         r.calls += 1
         if r.trusted:
@@ -210,7 +248,13 @@ class OpMethods:
         :param approximate: ``"none"`` or ``"tanh"`` (validated by the core).
         :returns: same shape, float32.
         """
-        check_gelu(x, approximate)
+        try:  # the fast path of validate.check_gelu, inlined
+            x.shape
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (type(approximate) is str) and (approximate == 'none' or approximate == 'tanh')
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_gelu(x, approximate)
         r = self._r_gelu
         r.calls += 1
         if r.trusted:
@@ -236,7 +280,14 @@ class OpMethods:
         :param b: float32, a shape that broadcasts with a's (e.g. (D,) against (B, S, D)).
         :returns: the broadcast shape, float32.
         """
-        check_add(a, b)
+        try:  # the fast path of validate.check_add, inlined
+            sa = a.shape
+            sb = b.shape
+            ok = (a.__class__ is _ndarray or a.__class__ in _ARRAY_TYPES) and (a.dtype is _F32 or a.dtype in _F32S) and (b.__class__ is _ndarray or b.__class__ in _ARRAY_TYPES) and (b.dtype is _F32 or b.dtype in _F32S) and (sa == sb or _broadcastable(sa, sb))
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_add(a, b)
         r = self._r_add
         r.calls += 1
         if r.trusted:
@@ -262,7 +313,14 @@ class OpMethods:
         :param b: float32, a shape that broadcasts with a's (e.g. (D,) against (B, S, D)).
         :returns: the broadcast shape, float32.
         """
-        check_mul(a, b)
+        try:  # the fast path of validate.check_mul, inlined
+            sa = a.shape
+            sb = b.shape
+            ok = (a.__class__ is _ndarray or a.__class__ in _ARRAY_TYPES) and (a.dtype is _F32 or a.dtype in _F32S) and (b.__class__ is _ndarray or b.__class__ in _ARRAY_TYPES) and (b.dtype is _F32 or b.dtype in _F32S) and (sa == sb or _broadcastable(sa, sb))
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_mul(a, b)
         r = self._r_mul
         r.calls += 1
         if r.trusted:
@@ -295,7 +353,13 @@ class OpMethods:
         :param base: float > 0 (e.g. 10000.0).
         :returns: (B, H, S, D) float32.
         """
-        positions = check_apply_rope_positions(x, positions, base)
+        try:  # the fast path of validate.check_apply_rope_positions, inlined
+            b, _, s, d = x.shape
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (not d % 2) and (positions.__class__ is _ndarray) and (positions.dtype.kind in 'iu') and (positions.ndim == 1 and len(positions) == s or (positions.ndim == 2 and positions.shape == (b, s))) and (type(base) is float) and (0 < base < _INF)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            positions = check_apply_rope_positions(x, positions, base)
         r = self._r_apply_rope_positions
         r.calls += 1
         if r.trusted:
@@ -325,7 +389,13 @@ class OpMethods:
         :param rotary_dim: int, even, 2 <= rotary_dim <= D.
         :returns: (B, H, S, D) float32.
         """
-        positions = check_apply_rope_partial(x, positions, base, rotary_dim)
+        try:  # the fast path of validate.check_apply_rope_partial, inlined
+            b, _, s, d = x.shape
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (positions.__class__ is _ndarray) and (positions.dtype.kind in 'iu') and (positions.ndim == 1 and len(positions) == s or (positions.ndim == 2 and positions.shape == (b, s))) and (type(base) is float) and (0 < base < _INF) and (type(rotary_dim) is int) and (not rotary_dim % 2) and (2 <= rotary_dim <= d)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            positions = check_apply_rope_partial(x, positions, base, rotary_dim)
         r = self._r_apply_rope_partial
         r.calls += 1
         if r.trusted:
@@ -366,7 +436,14 @@ class OpMethods:
         :param attention_scaling: float, finite and > 0 (1.0: no scaling).
         :returns: (B, H, S, D) float32.
         """
-        positions = check_apply_rope(x, positions, inv_freq, attention_scaling)
+        try:  # the fast path of validate.check_apply_rope, inlined
+            b, _, s, d = x.shape
+            n = len(inv_freq)
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (inv_freq.__class__ is _ndarray or inv_freq.__class__ in _ARRAY_TYPES) and (inv_freq.dtype is _F32 or inv_freq.dtype in _F32S) and (inv_freq.ndim == 1) and (1 <= n) and (2 * n <= d) and (positions.__class__ is _ndarray) and (positions.dtype is _I64 or positions.dtype.kind in 'iu') and (positions.ndim == 1 and len(positions) == s or (positions.ndim == 2 and positions.shape == (b, s))) and (type(attention_scaling) is float) and (0.0 < attention_scaling < _INF)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            positions = check_apply_rope(x, positions, inv_freq, attention_scaling)
         r = self._r_apply_rope
         r.calls += 1
         if r.trusted:
@@ -419,7 +496,14 @@ class OpMethods:
         :param kv_mask: (B, Sk) bool array or None: False marks keys never to attend (hook API 2).
         :returns: (B, H, Sq, d) float32.
         """
-        check_gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask)
+        try:  # the fast path of validate.check_gqa_attention, inlined
+            qb, qh, sq, qd = q.shape
+            kb, kvh, sk, kd = ks = k.shape
+            ok = (q.__class__ is _ndarray or q.__class__ in _ARRAY_TYPES) and (q.dtype is _F32 or q.dtype in _F32S) and (k.__class__ is _ndarray or k.__class__ in _ARRAY_TYPES) and (k.dtype is _F32 or k.dtype in _F32S) and (v.__class__ is _ndarray or v.__class__ in _ARRAY_TYPES) and (v.dtype is _F32 or v.dtype in _F32S) and (v.shape == ks) and (qb == kb) and (qd == kd) and (n_kv_heads == kvh) and (type(n_kv_heads) is int) and (kvh > 0) and (not qh % kvh) and (sk > 0) and (causal is False or (causal is True and sq <= sk)) and (scale is None) and (sliding_window is None) and (softcap is None) and (kv_mask is None)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask)
         r = self._r_gqa_attention
         r.calls += 1
         if r.trusted:
@@ -452,7 +536,14 @@ class OpMethods:
             ``final_logit_softcapping``; hook API 2).
         :returns: (B, vocab) float32 **NumPy** array.
         """
-        check_logits_from_hidden(hidden, lm_head, softcap)
+        try:  # the fast path of validate.check_logits_from_hidden, inlined
+            _, s, h = hidden.shape
+            _, m = lm_head.shape
+            ok = (hidden.__class__ is _ndarray or hidden.__class__ in _ARRAY_TYPES) and (hidden.dtype is _F32 or hidden.dtype in _F32S) and (lm_head.__class__ is _ndarray or lm_head.__class__ in _ARRAY_TYPES) and (lm_head.dtype is _F32 or lm_head.dtype in _F32S) and (h == m) and (s > 0) and (softcap is None)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_logits_from_hidden(hidden, lm_head, softcap)
         r = self._r_logits_from_hidden
         r.calls += 1
         if r.trusted:
@@ -488,7 +579,14 @@ class OpMethods:
         :param softcap: float c > 0 or None, as for :func:`logits_from_hidden` (hook API 2).
         :returns: (B, S, vocab) float32 **NumPy** array.
         """
-        check_all_logits_from_hidden(hidden, lm_head, softcap)
+        try:  # the fast path of validate.check_all_logits_from_hidden, inlined
+            _, _, h = hidden.shape
+            _, m = lm_head.shape
+            ok = (hidden.__class__ is _ndarray or hidden.__class__ in _ARRAY_TYPES) and (hidden.dtype is _F32 or hidden.dtype in _F32S) and (lm_head.__class__ is _ndarray or lm_head.__class__ in _ARRAY_TYPES) and (lm_head.dtype is _F32 or lm_head.dtype in _F32S) and (h == m) and (softcap is None)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_all_logits_from_hidden(hidden, lm_head, softcap)
         r = self._r_all_logits_from_hidden
         r.calls += 1
         if r.trusted:
@@ -540,6 +638,325 @@ class OpMethods:
         if (y.__class__ is _ndarray or y.__class__ is r.array_type) and (y.dtype is _F32 or y.dtype in _F32S) and y.shape == (ids.shape[0], ids.shape[1], table.shape[1]):
             return y
         return r.bad_result(y, (ids, table))
+
+
+# The op methods for a trusted route (the CPU reference, or an op the reference serves): the same
+# check, then count and call, as a closure that Backend sets on the instance (no route lookup,
+# no branch).
+
+def _trusted_linear_3d(r: _Route) -> Callable[..., Any]:
+    """``Backend.linear_3d`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def linear_3d(x: Array, weight: Array) -> Array:
+        try:  # the fast path of validate.check_linear_3d, inlined
+            _, _, n = x.shape
+            _, m = weight.shape
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (weight.__class__ is _ndarray or weight.__class__ in _ARRAY_TYPES) and (weight.dtype is _F32 or weight.dtype in _F32S) and (n == m)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_linear_3d(x, weight)
+        r.calls += 1
+        return impl(x, weight)
+
+    return linear_3d
+
+
+def _trusted_linear_3d_bias(r: _Route) -> Callable[..., Any]:
+    """``Backend.linear_3d_bias`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def linear_3d_bias(x: Array, weight: Array, bias: Array | None) -> Array:
+        try:  # the fast path of validate.check_linear_3d_bias, inlined
+            _, _, n = x.shape
+            o, m = weight.shape
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (weight.__class__ is _ndarray or weight.__class__ in _ARRAY_TYPES) and (weight.dtype is _F32 or weight.dtype in _F32S) and (n == m) and (bias is None or ((bias.__class__ is _ndarray or bias.__class__ in _ARRAY_TYPES) and (bias.dtype is _F32 or bias.dtype in _F32S) and (bias.shape == (o,))))
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_linear_3d_bias(x, weight, bias)
+        r.calls += 1
+        return impl(x, weight, bias)
+
+    return linear_3d_bias
+
+
+def _trusted_rms_norm(r: _Route) -> Callable[..., Any]:
+    """``Backend.rms_norm`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def rms_norm(x: Array, weight: Array, eps: float) -> Array:
+        try:  # the fast path of validate.check_rms_norm, inlined
+            xs = x.shape
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (weight.__class__ is _ndarray or weight.__class__ in _ARRAY_TYPES) and (weight.dtype is _F32 or weight.dtype in _F32S) and xs and (weight.ndim == 1) and (len(weight) == xs[-1]) and (type(eps) is float) and (0.0 <= eps < _INF)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_rms_norm(x, weight, eps)
+        r.calls += 1
+        return impl(x, weight, eps)
+
+    return rms_norm
+
+
+def _trusted_layer_norm(r: _Route) -> Callable[..., Any]:
+    """``Backend.layer_norm`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def layer_norm(x: Array, weight: Array, bias: Array | None, eps: float) -> Array:
+        try:  # the fast path of validate.check_layer_norm, inlined
+            xs = x.shape
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (weight.__class__ is _ndarray or weight.__class__ in _ARRAY_TYPES) and (weight.dtype is _F32 or weight.dtype in _F32S) and xs and (weight.shape == xs[-1:]) and (bias is None or ((bias.__class__ is _ndarray or bias.__class__ in _ARRAY_TYPES) and (bias.dtype is _F32 or bias.dtype in _F32S) and (bias.shape == xs[-1:]))) and (type(eps) is float) and (0 <= eps < _INF)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_layer_norm(x, weight, bias, eps)
+        r.calls += 1
+        return impl(x, weight, bias, eps)
+
+    return layer_norm
+
+
+def _trusted_silu(r: _Route) -> Callable[..., Any]:
+    """``Backend.silu`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def silu(x: Array) -> Array:
+        try:  # the fast path of validate.check_silu, inlined
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_silu(x)
+        r.calls += 1
+        return impl(x)
+
+    return silu
+
+
+def _trusted_gelu(r: _Route) -> Callable[..., Any]:
+    """``Backend.gelu`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def gelu(x: Array, approximate: str = 'none') -> Array:
+        try:  # the fast path of validate.check_gelu, inlined
+            x.shape
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (type(approximate) is str) and (approximate == 'none' or approximate == 'tanh')
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_gelu(x, approximate)
+        r.calls += 1
+        return impl(x, approximate)
+
+    return gelu
+
+
+def _trusted_add(r: _Route) -> Callable[..., Any]:
+    """``Backend.add`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def add(a: Array, b: Array) -> Array:
+        try:  # the fast path of validate.check_add, inlined
+            sa = a.shape
+            sb = b.shape
+            ok = (a.__class__ is _ndarray or a.__class__ in _ARRAY_TYPES) and (a.dtype is _F32 or a.dtype in _F32S) and (b.__class__ is _ndarray or b.__class__ in _ARRAY_TYPES) and (b.dtype is _F32 or b.dtype in _F32S) and (sa == sb or _broadcastable(sa, sb))
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_add(a, b)
+        r.calls += 1
+        return impl(a, b)
+
+    return add
+
+
+def _trusted_mul(r: _Route) -> Callable[..., Any]:
+    """``Backend.mul`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def mul(a: Array, b: Array) -> Array:
+        try:  # the fast path of validate.check_mul, inlined
+            sa = a.shape
+            sb = b.shape
+            ok = (a.__class__ is _ndarray or a.__class__ in _ARRAY_TYPES) and (a.dtype is _F32 or a.dtype in _F32S) and (b.__class__ is _ndarray or b.__class__ in _ARRAY_TYPES) and (b.dtype is _F32 or b.dtype in _F32S) and (sa == sb or _broadcastable(sa, sb))
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_mul(a, b)
+        r.calls += 1
+        return impl(a, b)
+
+    return mul
+
+
+def _trusted_apply_rope_positions(r: _Route) -> Callable[..., Any]:
+    """``Backend.apply_rope_positions`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def apply_rope_positions(x: Array, positions: Positions, base: float) -> Array:
+        try:  # the fast path of validate.check_apply_rope_positions, inlined
+            b, _, s, d = x.shape
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (not d % 2) and (positions.__class__ is _ndarray) and (positions.dtype.kind in 'iu') and (positions.ndim == 1 and len(positions) == s or (positions.ndim == 2 and positions.shape == (b, s))) and (type(base) is float) and (0 < base < _INF)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            positions = check_apply_rope_positions(x, positions, base)
+        r.calls += 1
+        return impl(x, positions, base)
+
+    return apply_rope_positions
+
+
+def _trusted_apply_rope_partial(r: _Route) -> Callable[..., Any]:
+    """``Backend.apply_rope_partial`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def apply_rope_partial(x: Array, positions: Positions, base: float, rotary_dim: int) -> Array:
+        try:  # the fast path of validate.check_apply_rope_partial, inlined
+            b, _, s, d = x.shape
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (positions.__class__ is _ndarray) and (positions.dtype.kind in 'iu') and (positions.ndim == 1 and len(positions) == s or (positions.ndim == 2 and positions.shape == (b, s))) and (type(base) is float) and (0 < base < _INF) and (type(rotary_dim) is int) and (not rotary_dim % 2) and (2 <= rotary_dim <= d)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            positions = check_apply_rope_partial(x, positions, base, rotary_dim)
+        r.calls += 1
+        return impl(x, positions, base, rotary_dim)
+
+    return apply_rope_partial
+
+
+def _trusted_apply_rope(r: _Route) -> Callable[..., Any]:
+    """``Backend.apply_rope`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def apply_rope(
+        x: Array,
+        positions: Positions,
+        inv_freq: Array,
+        attention_scaling: float = 1.0,
+    ) -> Array:
+        try:  # the fast path of validate.check_apply_rope, inlined
+            b, _, s, d = x.shape
+            n = len(inv_freq)
+            ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (inv_freq.__class__ is _ndarray or inv_freq.__class__ in _ARRAY_TYPES) and (inv_freq.dtype is _F32 or inv_freq.dtype in _F32S) and (inv_freq.ndim == 1) and (1 <= n) and (2 * n <= d) and (positions.__class__ is _ndarray) and (positions.dtype is _I64 or positions.dtype.kind in 'iu') and (positions.ndim == 1 and len(positions) == s or (positions.ndim == 2 and positions.shape == (b, s))) and (type(attention_scaling) is float) and (0.0 < attention_scaling < _INF)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            positions = check_apply_rope(x, positions, inv_freq, attention_scaling)
+        r.calls += 1
+        return impl(x, positions, inv_freq, attention_scaling)
+
+    return apply_rope
+
+
+def _trusted_gqa_attention(r: _Route) -> Callable[..., Any]:
+    """``Backend.gqa_attention`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def gqa_attention(
+        q: Array,
+        k: Array,
+        v: Array,
+        n_kv_heads: int,
+        causal: bool,
+        scale: float | None = None,
+        sliding_window: int | None = None,
+        softcap: float | None = None,
+        kv_mask: Array | None = None,
+    ) -> Array:
+        try:  # the fast path of validate.check_gqa_attention, inlined
+            qb, qh, sq, qd = q.shape
+            kb, kvh, sk, kd = ks = k.shape
+            ok = (q.__class__ is _ndarray or q.__class__ in _ARRAY_TYPES) and (q.dtype is _F32 or q.dtype in _F32S) and (k.__class__ is _ndarray or k.__class__ in _ARRAY_TYPES) and (k.dtype is _F32 or k.dtype in _F32S) and (v.__class__ is _ndarray or v.__class__ in _ARRAY_TYPES) and (v.dtype is _F32 or v.dtype in _F32S) and (v.shape == ks) and (qb == kb) and (qd == kd) and (n_kv_heads == kvh) and (type(n_kv_heads) is int) and (kvh > 0) and (not qh % kvh) and (sk > 0) and (causal is False or (causal is True and sq <= sk)) and (scale is None) and (sliding_window is None) and (softcap is None) and (kv_mask is None)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask)
+        r.calls += 1
+        return impl(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask)
+
+    return gqa_attention
+
+
+def _trusted_logits_from_hidden(r: _Route) -> Callable[..., Any]:
+    """``Backend.logits_from_hidden`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def logits_from_hidden(
+        hidden: Array,
+        lm_head: Array,
+        softcap: float | None = None,
+    ) -> numpy.typing.NDArray[numpy.float32]:
+        try:  # the fast path of validate.check_logits_from_hidden, inlined
+            _, s, h = hidden.shape
+            _, m = lm_head.shape
+            ok = (hidden.__class__ is _ndarray or hidden.__class__ in _ARRAY_TYPES) and (hidden.dtype is _F32 or hidden.dtype in _F32S) and (lm_head.__class__ is _ndarray or lm_head.__class__ in _ARRAY_TYPES) and (lm_head.dtype is _F32 or lm_head.dtype in _F32S) and (h == m) and (s > 0) and (softcap is None)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_logits_from_hidden(hidden, lm_head, softcap)
+        r.calls += 1
+        return impl(hidden, lm_head, softcap)  # type: ignore[no-any-return]
+
+    return logits_from_hidden
+
+
+def _trusted_all_logits_from_hidden(r: _Route) -> Callable[..., Any]:
+    """``Backend.all_logits_from_hidden`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def all_logits_from_hidden(
+        hidden: Array,
+        lm_head: Array,
+        softcap: float | None = None,
+    ) -> numpy.typing.NDArray[numpy.float32]:
+        try:  # the fast path of validate.check_all_logits_from_hidden, inlined
+            _, _, h = hidden.shape
+            _, m = lm_head.shape
+            ok = (hidden.__class__ is _ndarray or hidden.__class__ in _ARRAY_TYPES) and (hidden.dtype is _F32 or hidden.dtype in _F32S) and (lm_head.__class__ is _ndarray or lm_head.__class__ in _ARRAY_TYPES) and (lm_head.dtype is _F32 or lm_head.dtype in _F32S) and (h == m) and (softcap is None)
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_all_logits_from_hidden(hidden, lm_head, softcap)
+        r.calls += 1
+        return impl(hidden, lm_head, softcap)  # type: ignore[no-any-return]
+
+    return all_logits_from_hidden
+
+
+def _trusted_embedding(r: _Route) -> Callable[..., Any]:
+    """``Backend.embedding`` for a trusted route: check, count, call."""
+    impl = r.impl
+
+    def embedding(ids: Array, table: Array) -> Array:
+        check_embedding(ids, table)
+        r.calls += 1
+        return impl(ids, table)
+
+    return embedding
+
+
+#: op name -> its trusted-route factory.
+TRUSTED: dict[str, Callable[[_Route], Callable[..., Any]]] = {
+    'linear_3d': _trusted_linear_3d,
+    'linear_3d_bias': _trusted_linear_3d_bias,
+    'rms_norm': _trusted_rms_norm,
+    'layer_norm': _trusted_layer_norm,
+    'silu': _trusted_silu,
+    'gelu': _trusted_gelu,
+    'add': _trusted_add,
+    'mul': _trusted_mul,
+    'apply_rope_positions': _trusted_apply_rope_positions,
+    'apply_rope_partial': _trusted_apply_rope_partial,
+    'apply_rope': _trusted_apply_rope,
+    'gqa_attention': _trusted_gqa_attention,
+    'logits_from_hidden': _trusted_logits_from_hidden,
+    'all_logits_from_hidden': _trusted_all_logits_from_hidden,
+    'embedding': _trusted_embedding,
+}
+
 
 
 # The result shape of each op, as a function of its arguments (OpSpec.result_shape), for the slow

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
-from ._ops import OpMethods
+from ._ops import TRUSTED, OpMethods
 from .errors import BackendOpError, OpDeclined, ShapeError, is_interrupt
 from .hookspecs import META_HOOKS, OPS, POSITIONS, OpSpec
 from .validate import float_dtype_name, register_array_type
@@ -135,6 +135,11 @@ class Backend(OpMethods):
             route = self._build_route(spec, record, reference)
             self._routes[spec.name] = route
             setattr(self, f"_r_{spec.name}", route)
+            if route.trusted:   # the same method without the route lookup and branches (see _codegen)
+                method = TRUSTED[spec.name](route)
+                method.__doc__ = getattr(OpMethods, spec.name).__doc__
+                method.__qualname__ = f"Backend.{spec.name}"
+                setattr(self, spec.name, method)
 
     def _build_route(self, spec: OpSpec, record: "PluginRecord", reference: "PluginRecord") -> _Route:
         ref_fn, ref_args = reference.impls[spec.name]

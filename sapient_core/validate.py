@@ -32,6 +32,7 @@ _DTYPE_CACHE: dict[Any, str | None] = {_F32: "float32", np.dtype(np.float16): "f
 #: Every float32 dtype object seen so far (NumPy's, and e.g. ``mx.float32`` once an MLX array has been
 #: checked): the fast paths test ``dtype is _F32`` first (NumPy) and this set only for other array types.
 _F32S: set[Any] = {_F32}
+_I64 = np.dtype(np.int64)
 _INT_CACHE: dict[Any, bool] = {}
 _INF = float("inf")
 #: The classes accepted as arrays: NumPy's, and the array type of every backend constructed in this
@@ -215,8 +216,8 @@ def check_rms_norm(x: Any, weight: Any, eps: Any) -> None:
     try:
         xs = x.shape
         if ((x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (weight.__class__ is _ndarray or weight.__class__ in _ARRAY_TYPES) and (weight.dtype is _F32 or weight.dtype in _F32S)
-                and xs and weight.shape == xs[-1:]
-                and type(eps) is float and 0 <= eps < _INF):
+                and xs and weight.ndim == 1 and len(weight) == xs[-1]
+                and type(eps) is float and 0.0 <= eps < _INF):
             return
     except (AttributeError, TypeError, ValueError):
         pass
@@ -329,8 +330,10 @@ def _check_binary(op: str, a: Any, b: Any) -> None:
 
 def check_add(a: Any, b: Any) -> None:
     try:
+        sa = a.shape
+        sb = b.shape
         if ((a.__class__ is _ndarray or a.__class__ in _ARRAY_TYPES) and (a.dtype is _F32 or a.dtype in _F32S) and (b.__class__ is _ndarray or b.__class__ in _ARRAY_TYPES) and (b.dtype is _F32 or b.dtype in _F32S)
-                and _broadcastable(a.shape, b.shape)):
+                and (sa == sb or _broadcastable(sa, sb))):
             return
     except (AttributeError, TypeError, ValueError):
         pass
@@ -339,8 +342,10 @@ def check_add(a: Any, b: Any) -> None:
 
 def check_mul(a: Any, b: Any) -> None:
     try:
+        sa = a.shape
+        sb = b.shape
         if ((a.__class__ is _ndarray or a.__class__ in _ARRAY_TYPES) and (a.dtype is _F32 or a.dtype in _F32S) and (b.__class__ is _ndarray or b.__class__ in _ARRAY_TYPES) and (b.dtype is _F32 or b.dtype in _F32S)
-                and _broadcastable(a.shape, b.shape)):
+                and (sa == sb or _broadcastable(sa, sb))):
             return
     except (AttributeError, TypeError, ValueError):
         pass
@@ -422,12 +427,13 @@ def check_apply_rope_partial(x: Any, positions: Any, base: Any, rotary_dim: Any)
 def check_apply_rope(x: Any, positions: Any, inv_freq: Any, attention_scaling: Any) -> Any:
     try:
         b, _, s, d = x.shape
-        (n,) = inv_freq.shape
+        n = len(inv_freq)
         if ((x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S)
                 and (inv_freq.__class__ is _ndarray or inv_freq.__class__ in _ARRAY_TYPES) and (inv_freq.dtype is _F32 or inv_freq.dtype in _F32S)
-                and 1 <= n and 2 * n <= d and positions.__class__ is _ndarray and positions.dtype.kind in "iu"
+                and inv_freq.ndim == 1 and 1 <= n and 2 * n <= d and positions.__class__ is _ndarray
+                and (positions.dtype is _I64 or positions.dtype.kind in "iu")
                 and ((positions.ndim == 1 and len(positions) == s) or (positions.ndim == 2 and positions.shape == (b, s)))
-                and type(attention_scaling) is float and 0 < attention_scaling < _INF):
+                and type(attention_scaling) is float and 0.0 < attention_scaling < _INF):
             return positions
     except (AttributeError, TypeError, ValueError):
         pass
@@ -582,7 +588,11 @@ def check_embedding(ids: Any, table: Any) -> None:
     if ids.shape[0] * ids.shape[1] == 0:
         return
     host = ids if ids.__class__ is _ndarray else np.asarray(ids)    # a device array: the ids are tiny
-    lo, hi = int(host.min()), int(host.max())
+    if host.size <= 64:          # a decode step's few ids: Python's min/max beat two NumPy reductions
+        flat = host.ravel().tolist()
+        lo, hi = min(flat), max(flat)
+    else:
+        lo, hi = int(host.min()), int(host.max())
     if lo < 0 or hi >= n:
         bad = lo if lo < 0 else hi
         where = tuple(int(i) for i in np.argwhere(host == bad)[0])

@@ -109,6 +109,32 @@ def test_the_generated_op_methods_are_up_to_date():
     assert _codegen.main(["--check"]) == 0
 
 
+def test_the_fast_paths_are_inlined_from_validate_and_odd_ones_are_refused():
+    """Every check but embedding's has a fast path, and the methods carry a copy of it taken from
+    validate.py's source; a fast path the generator cannot copy faithfully stops it with the reason."""
+    fast = _codegen.fast_paths()
+    assert set(fast) == {spec.check_name for spec in hookspecs.OPS.values()} - {"check_embedding"}
+    source = Path(_codegen.TARGET).read_text(encoding="utf-8")
+    assert source.count("ok = " + fast["check_rms_norm"].test) == 2      # the method and the trusted closure
+    head = "def check_x(x):\n    try:\n"
+    tail = "    except (AttributeError, TypeError, ValueError):\n        pass\n"
+    bad = {
+        "assigns ['r'], which the method uses": "        r = x.shape\n        if r:\n            return\n",
+        "assigns ['x'], which the method uses": "        x = x.shape\n        if x:\n            return\n",
+        "returns None or one of its arguments": "        if x:\n            return 1\n",
+        "is not a fast path this generator can inline": "        for i in x:\n            pass\n        if x:\n"
+                                                         "            return\n",
+    }
+    for why, body in bad.items():
+        with pytest.raises(ValueError, match=r"^validate\.check_x: .*" + re.escape(why)):
+            _codegen.fast_paths(head + body + tail)
+    narrow = head + "        if x.shape:\n            return\n    except AttributeError:\n        pass\n"
+    with pytest.raises(ValueError, match="not a fast path this generator can inline"):
+        _codegen.fast_paths(narrow)
+    ok = _codegen.fast_paths(head + "        s = x.shape\n        if s:\n            return x\n" + tail)["check_x"]
+    assert ok.setup == ["s = x.shape"] and ok.test == "s"
+
+
 def test_every_op_has_a_check_an_oracle_a_kernel_kit_cases_and_samples():
     ops = set(hookspecs.OPS)
     assert set(validate.CHECKS) == ops
