@@ -362,7 +362,7 @@ def call_overhead():
     return out
 
 
-def child(family, sample_ms, budget_s, quick):
+def child(family, sample_ms, budget_s, quick, only=None):
     a = inputs()
     if family == "sapient":
         ops, _ = sapient_ops(a)
@@ -370,7 +370,10 @@ def child(family, sample_ms, budget_s, quick):
         ops = numpy_ops(a)
     else:
         ops = torch_ops(a)
-    res = {op: best_time(fn, sample_ms / 1e3, budget_s) for op, fn in ops.items()}
+    res = {op: best_time(fn, sample_ms / 1e3, budget_s) for op, fn in ops.items() if op in (only or ops)}
+    if only:
+        print(json.dumps(res))
+        return
     res.update(gemv_bandwidth(family, 0.5 if quick else 2.0))
     if family == "sapient":
         res.update(call_overhead())
@@ -398,9 +401,17 @@ def main(argv=None):
     ap.add_argument("--torch-python", default=None, help="interpreter with torch (default: this one, if it has torch)")
     ap.add_argument("--quick", action="store_true", help="one round, short budgets (a smoke run)")
     ap.add_argument("--json", default=None, help="also write the raw best times to this file")
+    ap.add_argument("--only", default=None, help="comma-separated words: time only the ops whose name contains "
+                                                  "one (e.g. add,mul,attention), and no GEMV or overhead lines")
     args = ap.parse_args(argv)
+    only = None
+    if args.only:
+        words = args.only.split(",")
+        only = [op for op in OPS if any(w in op for w in words)]
+        if not only:
+            ap.error(f"--only {args.only}: no op matches; the ops: {', '.join(OPS)}")
     if args.child:
-        child(args.child, args.sample_ms, args.budget, args.quick)
+        child(args.child, args.sample_ms, args.budget, args.quick, only)
         return 0
     if args.quick:
         args.rounds, args.budget = 1, 0.05
@@ -421,7 +432,8 @@ def main(argv=None):
                 env = dict(os.environ, SAPIENT_BENCH_THREADS=str(t), SAPIENT_CPU_THREADS=str(t),
                            OMP_NUM_THREADS=str(t), OPENBLAS_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
                 cmd = [python, os.path.abspath(__file__), "--child", fam, "--sample-ms", str(args.sample_ms),
-                       "--budget", str(args.budget)] + (["--quick"] if args.quick else [])
+                       "--budget", str(args.budget)] + (["--quick"] if args.quick else []) + (
+                       ["--only", ",".join(only)] if only else [])
                 out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if out.returncode != 0:
                     print(f"{fam} child ({t} threads) failed:\n{out.stderr[-3000:]}")
@@ -433,14 +445,14 @@ def main(argv=None):
                     keep = max if k.startswith("gemv") else min
                     best[(fam, t)][k] = keep(v, best[(fam, t)].get(k, v))
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
-    report(best, families, threads, info, args, load, load_after)
+    report(best, families, threads, info, args, load, load_after, only)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({f"{f} {t}": v for (f, t), v in best.items()}, fh, indent=1)
     return 0
 
 
-def report(best, families, threads, info, args, load, load_after):
+def report(best, families, threads, info, args, load, load_after, only=None):
     have_torch = "torch" in families
     print(f"# CPU backend vs NumPy{' vs torch' if have_torch else ''}\n")
     print(f"python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs "
@@ -459,6 +471,8 @@ def report(best, families, threads, info, args, load, load_after):
         print(hdr)
         print("|" + "---|" * (hdr.count("|") - 1))
         for op, (shape, target) in OPS.items():
+            if only and op not in only:
+                continue
             s, n = best[("sapient", t)][op], best[("numpy", t)][op]
             row = f"| {op} | {shape} | {s * 1e6:.1f} | {n * 1e6:.1f} | {s / n:.2f} |"
             if have_torch:
@@ -471,6 +485,9 @@ def report(best, families, threads, info, args, load, load_after):
                     row += f" {r1:.2f} | {'ok' if r <= 1.05 * r1 else 'WORSE'} |"
             print(row)
         gs = best[("sapient", t)]
+        if only:
+            print()
+            continue
         line = (f"\ndecode GEMV (1,1,{H})x({MLP},{H}) over 8 weights: sapient linear_3d {gs['gemv sapient']:.1f} GB/s, "
                 f"np.dot sgemv {gs['gemv np.dot sgemv']:.1f} GB/s in the same process "
                 f"({gs['gemv sapient'] / gs['gemv np.dot sgemv']:.0%}), numpy x@w.T {best[('numpy', t)]['gemv numpy']:.1f} GB/s")
