@@ -30,7 +30,18 @@ That serial remainder caps the step at ~1.65x on 2 threads, where torch, four ti
 thread, gains 2x.  The product done in the parallel kernel in Numba loops was 2-3x slower than BLAS
 (KV 2048: 536 instead of 427 µs on 1 thread); calling BLAS from the parallel kernel (np.dot inside
 ``prange``, which needs SciPy's cython_blas) kept 1 thread as is and gave 221 instead of 278 µs on
-2 threads, at the price of a SciPy dependency: not taken.)
+2 threads, at the price of a SciPy dependency: not taken.  Measured again with the whole decode step
+in one parallel kernel, both products as np.dot inside ``prange`` (SciPy 1.17's OpenBLAS), on 2
+threads: KV 512 96 µs and KV 2048 450 µs with OPENBLAS_NUM_THREADS=2 (two nested BLAS pools), 71 and
+272 µs with 1, against 84 and 264 µs for the current kernels; on 1 thread 138 and 551 against 109 and
+406 µs.  And a long prefill as one block of queries (bigger BLAS products, which OpenBLAS does split):
+1499 µs on 2 threads against 1258 for the 4 blocks used, 2018 against 1547 on 1.)
+
+(Why add and mul gain less than torch does, [1, 128, 2048] on 2 threads: the parallel kernel alone,
+into an output that already exists, takes 18.8 µs (NumPy's one-thread loop 32.8 µs; waking Numba's
+pool costs ~1.7 µs, measured on 64 elements); a fresh output array adds ~1.5 µs and the Python around
+the kernel ~2 µs, 22.6 µs in all, where torch's whole call takes 19.8 µs.  Aligning the output to 64
+bytes saved 0.3 µs but costs 2 µs in Python to allocate.)
 """
 
 from __future__ import annotations
