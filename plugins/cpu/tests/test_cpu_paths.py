@@ -61,6 +61,31 @@ def test_serial_and_parallel_fused_kernels_agree_bit_for_bit(op):
     np.testing.assert_allclose(parallel, reference, rtol=2e-6, atol=2e-6)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_prefill_gives_the_same_result_in_any_grouping_of_its_query_blocks(monkeypatch, threads):
+    """The fused prefill runs its query blocks in phases (every scores product, every softmax, every
+    output product) over groups that fit _PHASE_BYTES: the grouping changes the order, never a value."""
+    rng = np.random.default_rng(3)
+    f = lambda *s: rng.standard_normal(s).astype(F32)  # noqa: E731
+    q, k, v = f(2, 8, 200, 16), f(2, 2, 230, 16), f(2, 2, 230, 16)    # 200 queries: 7 blocks of 32
+    mask = rng.random((2, 230)) > 0.1
+    kernels.configure(reset=True, fused=True, threads=threads, parallel_min=0)
+    calls = [lambda: kernels.gqa_attention(q, k, v, 2, True, None, None, None, None),
+             lambda: kernels.gqa_attention(q, k, v, 2, True, 0.2, 50, 30.0, mask)]
+    whole = [call() for call in calls]
+    row_bytes = 2 * 2 * 4 * 4
+    blocks = [(i0, min(200, i0 + 32), 0, min(200, i0 + 32) + 30) for i0 in range(0, 200, 32)]
+    assert len(kernels._phase_groups(blocks, row_bytes)) == 1                 # all 7 blocks at once
+    for budget, n_groups in [(0, 7), (row_bytes * 32 * 300, 4)]:                # 62+94+126 | 158 | 190 | 222+58
+        monkeypatch.setattr(kernels, "_PHASE_BYTES", budget)
+        groups = kernels._phase_groups(blocks, row_bytes)
+        assert len(groups) == n_groups and [blk for grp in groups for blk in grp] == blocks
+        assert all(len(grp) == 1 or sum(row_bytes * (i1 - i0) * (hi - lo) for i0, i1, lo, hi in grp) <= budget
+                   for grp in groups)
+        for call, expected in zip(calls, whole):
+            np.testing.assert_array_equal(call(), expected)
+
+
 def test_concurrent_calls_from_several_threads_are_safe_and_exact():
     """Eight Python threads hammer the ops with the parallel kernels forced: each result equals the
     serial one (a thread that finds a parallel kernel running runs the serial kernel instead)."""
