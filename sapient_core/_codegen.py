@@ -11,10 +11,10 @@ file; ``inspect.getsource`` works; and each method is straight-line code with th
 which is what keeps the dispatcher's per-call cost low.
 
 Each method first runs the op's check from :mod:`sapient_core.validate` (bad input raises before
-anything is counted).  The check's fast path (the first ``try`` of each ``check_<op>``: a few attribute reads and comparisons
-that accept the common case) is copied into the method from validate.py's source, so the common case
-costs no extra function call; when it does not accept, the method calls the whole check, which raises
-the error or accepts.  validate.py stays the one place the checks are written: editing a fast path
+anything is counted).  The check's fast path (the first ``try`` of each ``check_<op>``: a few
+attribute reads and comparisons that accept the common case) is copied into the method from
+validate.py's source, so the common case costs no extra function call; when it does not accept, the
+method calls the whole check, which raises the error or accepts.  validate.py stays the one place the checks are written: editing a fast path
 there makes this file stale, and tests/test_core_meta.py fails until it is regenerated.
 
 Then it counts the call, and:
@@ -121,8 +121,9 @@ class FastPath:
 
 def fast_paths(source: str | None = None) -> dict[str, FastPath]:
     """check name -> its fast path, read from validate.py: a check whose body starts with ``try:``,
-    whose try body is simple statements then ``if <test>: return`` (or ``return <positions>``), and whose
-    handler catches AttributeError, TypeError and ValueError.  Checks without one are absent."""
+    whose try body is assignments and expressions, then ``if <test>: return`` (or ``return <argument>``,
+    nothing else in the ``if``), and whose handler catches exactly AttributeError, TypeError and
+    ValueError.  Checks without a ``try`` first are absent; any other form is an error."""
     tree = ast.parse(source if source is not None else VALIDATE.read_text(encoding="utf-8"))
     found = {}
     for fn in tree.body:
@@ -132,9 +133,9 @@ def fast_paths(source: str | None = None) -> dict[str, FastPath]:
         block = fn.body[0]
         *setup, last = block.body
         caught = {ast.unparse(e) for h in block.handlers for e in getattr(h.type, "elts", [h.type])}
-        ok = (isinstance(last, ast.If) and not last.orelse and isinstance(last.body[-1], ast.Return)
-              and caught == {"AttributeError", "TypeError", "ValueError"}
-              and all(isinstance(st, (ast.Assign, ast.Expr)) for st in setup + last.body[:-1]))
+        ok = (isinstance(last, ast.If) and not last.orelse and len(last.body) == 1
+              and isinstance(last.body[0], ast.Return) and caught == {"AttributeError", "TypeError", "ValueError"}
+              and all(isinstance(st, (ast.Assign, ast.Expr)) for st in setup))
         if not ok:
             raise ValueError(f"validate.{fn.name}: its try block is not a fast path this generator can inline")
         params = {a.arg for a in fn.args.args}
@@ -147,7 +148,7 @@ def fast_paths(source: str | None = None) -> dict[str, FastPath]:
         if clash:
             raise ValueError(f"validate.{fn.name}: its fast path assigns {sorted(clash)}, which the method uses")
         loaded = {n.id for n in ast.walk(block) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-        body = [ast.unparse(st) for st in setup + last.body[:-1]]
+        body = [ast.unparse(st) for st in setup]
         found[fn.name] = FastPath(body, ast.unparse(last.test), loaded - params - assigned)
     return found
 

@@ -277,9 +277,9 @@ def check_silu(x: Any) -> None:
 
 def check_gelu(x: Any, approximate: Any) -> None:
     try:
+        x.shape
         if ((x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and type(approximate) is str
                 and (approximate == "none" or approximate == "tanh")):
-            x.shape
             return
     except (AttributeError, TypeError, ValueError):
         pass

@@ -668,6 +668,12 @@ def test_a_v1_plugin_runs_v1_calls_and_never_sees_a_v2_argument(caplog):
      r"^apply_rope: attention_scaling must be > 0, got 0\.0$"),
     (lambda b, a: b.embedding(np.array([[0, -3]]), np.zeros((4, 2), np.float32)), ArgumentError,
      r"^embedding: id -3 at \(0, 1\) is outside the vocabulary \[0, 4\) of table \(ids \(1, 2\), table \(4, 2\)\)$"),
+    (lambda b, a: b.embedding(np.arange(100).reshape(2, 50) % 4 + np.eye(2, 50, 7, dtype=int) * 5,   # > 64 ids
+                              np.zeros((4, 2), np.float32)), ArgumentError,
+     r"^embedding: id 8 at \(0, 7\) is outside the vocabulary \[0, 4\) of table \(ids \(2, 50\), table \(4, 2\)\)$"),
+    (lambda b, a: b.embedding(np.full((3, 40), 3, np.uint8) - np.eye(3, 40, 2, dtype=np.uint8) * 3,
+                              np.zeros((3, 2), np.float32)), ArgumentError,
+     r"^embedding: id 3 at \(0, 0\) is outside the vocabulary \[0, 3\) of table \(ids \(3, 40\), table \(3, 2\)\)$"),
     (lambda b, a: b.embedding(np.array([[0.0]]), np.zeros((4, 2), np.float32)), DTypeError,
      r"^embedding: ids must have an integer dtype, got float64"),
 ])
