@@ -10,7 +10,10 @@ comparisons.
 Each check starts with a fast path: one expression that accepts the common case (float32 arrays whose
 shapes fit) and returns; anything else (float16, a wrong shape, a non-array ...) goes through the full
 check, which raises the error or accepts.  The fast path may only accept what the full check accepts
-(tests/test_core_backend.py checks both on the same inputs).
+(tests/test_core_backend.py checks both on the same inputs).  The op methods carry a copy of each
+fast path (``python -m sapient_core._codegen`` writes it into ``_ops.py``): its form is fixed, a
+``try:`` of assignments and expressions ending in ``if <test>: return`` (see ``_codegen.fast_paths``),
+and after editing one, regenerate.
 """
 
 from __future__ import annotations
