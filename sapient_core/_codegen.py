@@ -42,8 +42,8 @@ from .hookspecs import OPS, OpSpec
 
 TARGET = Path(__file__).with_name("_ops.py")
 VALIDATE = Path(__file__).with_name("validate.py")
-#: Names a method uses itself: a fast path must not assign them.
-_RESERVED = {"self", "r", "y", "exc", "ok"}
+#: Names a method or trusted closure uses itself: a fast path must not assign them.
+_RESERVED = {"self", "r", "impl", "y", "exc", "ok"}
 
 HEADER = '''\
 """The op methods of :class:`sapient_core.Backend`, one per op of :data:`sapient_core.hookspecs.OPS`.
@@ -89,8 +89,9 @@ class OpMethods:
 '''
 
 
-def _signature(spec: OpSpec) -> str:
-    params = ["self"]
+def _signature(spec: OpSpec, method: bool = True) -> str:
+    """The ``def`` line(s), indented one level: the method's, or without ``self`` the trusted closure's."""
+    params = ["self"] if method else []
     for a in spec.args:
         text = f"{a.name}: {a.annotation}"
         if a.has_default:
@@ -153,20 +154,20 @@ def fast_paths(source: str | None = None) -> dict[str, FastPath]:
     return found
 
 
-def _check_lines(spec: OpSpec, fast: FastPath | None, pad: str = "        ") -> list[str]:
+def _check_lines(spec: OpSpec, fast: FastPath | None) -> list[str]:
     call = ", ".join(spec.argnames)
     check = f"check_{spec.name}({call})"
     pos = spec.positions_arg
     full = f"{pos} = {check}" if pos else check
     if fast is None:
-        return [f"{pad}{full}"]
-    lines = [f"{pad}try:  # the fast path of validate.{spec.check_name}, inlined"]
-    lines += [f"{pad}    {st}" for st in fast.setup]
-    lines += [f"{pad}    ok = {fast.test}",
-              f"{pad}except (AttributeError, TypeError, ValueError):",
-              f"{pad}    ok = False",
-              f"{pad}if not ok:",
-              f"{pad}    {full}"]
+        return [f"        {full}"]
+    lines = [f"        try:  # the fast path of validate.{spec.check_name}, inlined"]
+    lines += [f"            {st}" for st in fast.setup]
+    lines += [f"            ok = {fast.test}",
+              "        except (AttributeError, TypeError, ValueError):",
+              "            ok = False",
+              "        if not ok:",
+              f"            {full}"]
     return lines
 
 
@@ -174,13 +175,11 @@ def _trusted(spec: OpSpec, fast: FastPath | None) -> list[str]:
     """``_trusted_<op>(route)``: the op method for a trusted route, as a closure over the route and its
     implementation (Backend sets it on the instance, where it shadows the method)."""
     call = ", ".join(spec.argnames)
-    head = _signature(spec).replace("(self, ", "(").replace("(\n        self,\n", "(\n")
-    head = "\n".join(line[4:] if line.startswith("    ") else line for line in head.splitlines())
     lines = [f"def _trusted_{spec.name}(r: _Route) -> Callable[..., Any]:",
              f'    """``Backend.{spec.name}`` for a trusted route: check, count, call."""',
              "    impl = r.impl",
-             ""]
-    lines += [f"    {line}" for line in head.splitlines()]
+             "",
+             _signature(spec, method=False)]
     lines += _check_lines(spec, fast)
     ignore = "  # type: ignore[no-any-return]" if spec.numpy_result else ""
     lines += ["        r.calls += 1", f"        return impl({call}){ignore}",
@@ -250,6 +249,9 @@ def generate() -> str:
     for spec in OPS.values():
         out += [f"def _shape_{spec.name}({', '.join(spec.argnames)}):",
                 f"    return {spec.result_shape}", "", ""]
+    out += ["#: op name -> its result shape function.", "RESULT_SHAPES: dict[str, Callable[..., tuple]] = {"]
+    out += [f"    {name!r}: _shape_{name}," for name in OPS]
+    out += ["}"]
     return "\n".join(out).rstrip() + "\n"
 
 

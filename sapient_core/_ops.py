@@ -249,7 +249,6 @@ class OpMethods:
         :returns: same shape, float32.
         """
         try:  # the fast path of validate.check_gelu, inlined
-            x.shape
             ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (type(approximate) is str) and (approximate == 'none' or approximate == 'tanh')
         except (AttributeError, TypeError, ValueError):
             ok = False
@@ -741,7 +740,6 @@ def _trusted_gelu(r: _Route) -> Callable[..., Any]:
 
     def gelu(x: Array, approximate: str = 'none') -> Array:
         try:  # the fast path of validate.check_gelu, inlined
-            x.shape
             ok = (x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and (type(approximate) is str) and (approximate == 'none' or approximate == 'tanh')
         except (AttributeError, TypeError, ValueError):
             ok = False
@@ -831,12 +829,7 @@ def _trusted_apply_rope(r: _Route) -> Callable[..., Any]:
     """``Backend.apply_rope`` for a trusted route: check, count, call."""
     impl = r.impl
 
-    def apply_rope(
-        x: Array,
-        positions: Positions,
-        inv_freq: Array,
-        attention_scaling: float = 1.0,
-    ) -> Array:
+    def apply_rope(x: Array, positions: Positions, inv_freq: Array, attention_scaling: float = 1.0) -> Array:
         try:  # the fast path of validate.check_apply_rope, inlined
             b, _, s, d = x.shape
             n = len(inv_freq)
@@ -1020,3 +1013,23 @@ def _shape_all_logits_from_hidden(hidden, lm_head, softcap):
 
 def _shape_embedding(ids, table):
     return (ids.shape[0], ids.shape[1], table.shape[1])
+
+
+#: op name -> its result shape function.
+RESULT_SHAPES: dict[str, Callable[..., tuple]] = {
+    'linear_3d': _shape_linear_3d,
+    'linear_3d_bias': _shape_linear_3d_bias,
+    'rms_norm': _shape_rms_norm,
+    'layer_norm': _shape_layer_norm,
+    'silu': _shape_silu,
+    'gelu': _shape_gelu,
+    'add': _shape_add,
+    'mul': _shape_mul,
+    'apply_rope_positions': _shape_apply_rope_positions,
+    'apply_rope_partial': _shape_apply_rope_partial,
+    'apply_rope': _shape_apply_rope,
+    'gqa_attention': _shape_gqa_attention,
+    'logits_from_hidden': _shape_logits_from_hidden,
+    'all_logits_from_hidden': _shape_all_logits_from_hidden,
+    'embedding': _shape_embedding,
+}

@@ -53,6 +53,11 @@ class PluginRecord:
     notes: list[str] = dataclasses.field(default_factory=list)   # hints shown by list (unmarked hooks)
 
     @property
+    def implemented_ops(self) -> tuple[str, ...]:
+        """The ops this plugin implements, in the contract's order."""
+        return tuple(op for op in hookspecs.OPS if op in self.impls)
+
+    @property
     def memory(self) -> MemoryInfo:
         """The device memory the plugin reports (system RAM when it has no memory hook); cached."""
         if self._memory is None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
-from ._ops import TRUSTED, OpMethods
+from ._ops import RESULT_SHAPES, TRUSTED, OpMethods
 from .errors import BackendOpError, OpDeclined, ShapeError, is_interrupt
 from .hookspecs import META_HOOKS, OPS, POSITIONS, OpSpec
 from .validate import float_dtype_name, register_array_type
@@ -44,11 +44,9 @@ _FALLBACK_NOTE = "the CPU reference computes it instead (logged once per backend
 class _Route:
     """What the op method of one op of one backend calls (read on every call: keep it flat)."""
 
-    __slots__ = ("op", "calls", "trusted", "impl", "lock", "divert", "array_type", "to_numpy", "failed",
-                 "bad_result")
+    __slots__ = ("calls", "trusted", "impl", "lock", "divert", "array_type", "to_numpy", "failed", "bad_result")
 
-    def __init__(self, op: str, impl: Callable[..., Any], *, trusted: bool, lock: Any = None):
-        self.op = op
+    def __init__(self, impl: Callable[..., Any], *, trusted: bool, lock: Any = None):
         self.calls = 0
         self.trusted = trusted
         self.impl = impl
@@ -67,22 +65,16 @@ def _adapt(fn: Callable[..., Any], spec_args: tuple[str, ...], impl_args: tuple[
     n = len(impl_args)
     if impl_args == spec_args[:n]:
         return lambda *args: fn(*args[:n])
-    pick = operator.itemgetter(*(spec_args.index(a) for a in impl_args)) if impl_args else None
+    pick = operator.itemgetter(*(spec_args.index(a) for a in impl_args))   # impl_args is not empty here
     if n == 1:
-        return lambda *args: fn(pick(args))              # type: ignore[misc]
-    return lambda *args: fn(*pick(args)) if pick else fn()  # type: ignore[misc]
+        return lambda *args: fn(pick(args))
+    return lambda *args: fn(*pick(args))
 
 
 def _axis(what: str, axis: int, ndim: int) -> int:
     if not -ndim <= axis < ndim:
         raise ShapeError(f"{what}: axis {axis} is out of range for {ndim} dimensions", op=what)
     return axis % ndim
-
-
-def _result_shape(spec: OpSpec) -> Callable[..., tuple]:
-    """``spec.result_shape`` as a function of the op's arguments (for the slow path's messages)."""
-    from . import _ops
-    return getattr(_ops, f"_shape_{spec.name}")
 
 
 class Backend(OpMethods):
@@ -119,14 +111,14 @@ class Backend(OpMethods):
         hook = record.impls.get("backend_from_numpy")
         self._from_numpy_hook: Callable[[Any], Any] | None = hook[0] if hook else None
         self._converts = self._from_numpy_hook is not None or self._to_numpy_hook is not np.asarray
-        self._own_type: type | None = None if self._from_numpy_hook is not None else _ndarray
+        self._own_type: type = _ndarray if self._from_numpy_hook is None else self._probe_array_type()
+        if self._own_type is not _ndarray:
+            register_array_type(self._own_type)    # its arrays are accepted as inputs from now on
         self._routes: dict[str, _Route] = {}
-        if self._from_numpy_hook is not None:
-            register_array_type(self._own_array_type())    # its arrays are accepted as inputs from now on
         self._stats_lock = threading.Lock()
         self._fallbacks: dict[str, dict[str, int]] = {}
         self._routed: dict[str, dict[str, int]] = {}
-        self.implemented_ops: tuple[str, ...] = tuple(op for op in OPS if op in record.impls)
+        self.implemented_ops: tuple[str, ...] = record.implemented_ops
         self._cross: Any = None
         if self.cross_check > 0 and record is not reference:
             from .crosscheck import CrossCheck
@@ -145,12 +137,12 @@ class Backend(OpMethods):
         ref_fn, ref_args = reference.impls[spec.name]
         ref_impl = _adapt(ref_fn, spec.argnames, ref_args)
         if record is reference:
-            return _Route(spec.name, ref_impl, trusted=True)
+            return _Route(ref_impl, trusted=True)
         if spec.name not in record.impls:      # not implemented: the reference serves it
-            return _Route(spec.name, self._served_by_reference(spec, ref_impl), trusted=True)
+            return _Route(self._served_by_reference(spec, ref_impl), trusted=True)
         fn, impl_args = record.impls[spec.name]
-        route = _Route(spec.name, _adapt(fn, spec.argnames, impl_args), trusted=False, lock=self._lock)
-        route.array_type = self._own_type or _ndarray
+        route = _Route(_adapt(fn, spec.argnames, impl_args), trusted=False, lock=self._lock)
+        route.array_type = self._own_type
         route.to_numpy = self._to_numpy_unlocked
         route.failed = lambda exc, args: self._fallback(spec, ref_impl, args, exc)
         route.bad_result = lambda y, args: self._check_result(spec, route, ref_impl, y, args)
@@ -367,26 +359,22 @@ class Backend(OpMethods):
                 f"{type(ref_exc).__name__}: {ref_exc}", backend=self.name, op=spec.name, reason=reason,
                 declined=declined) from ref_exc
 
-    def _own_array_type(self) -> type:
-        if self._own_type is None:
-            try:
-                own = type(self._locked(self._from_numpy_hook, np.zeros((0,), np.float32)))
-            except BaseException as exc:  # noqa: BLE001 - a broken from_numpy: only NumPy results are accepted
-                if is_interrupt(exc):
-                    raise
-                own = _ndarray
-            self._own_type = own
-            for route in self._routes.values():
-                route.array_type = own
-        return self._own_type
+    def _probe_array_type(self) -> type:
+        """The type the plugin's ``backend_from_numpy`` returns (NumPy's when that hook is broken)."""
+        try:
+            return type(self._locked(self._from_numpy_hook, np.zeros((0,), np.float32)))
+        except BaseException as exc:  # noqa: BLE001 - a broken from_numpy: only NumPy results are accepted
+            if is_interrupt(exc):
+                raise
+            return _ndarray
 
     def _result_problem(self, spec: OpSpec, y: Any, args: tuple) -> str | None:
         """What is wrong with the plugin's result ``y`` (None when it is right after all)."""
         if spec.numpy_result:
             if not isinstance(y, _ndarray):
                 return f"returned {type(y).__name__}, not a NumPy array"
-        elif not isinstance(y, (_ndarray, self._own_array_type())):
-            own = self._own_array_type()
+        elif not isinstance(y, (_ndarray, self._own_type)):
+            own = self._own_type
             allowed = "a NumPy array" + ("" if own is _ndarray else f" or {own.__module__}.{own.__qualname__}")
             return f"returned {type(y).__name__}, not {allowed}"
         try:
@@ -395,7 +383,7 @@ class Backend(OpMethods):
             return f"returned a {type(y).__name__} without a readable dtype and shape ({exc})"
         if float_dtype_name(dtype) != "float32":
             return f"returned dtype {dtype}, not float32"
-        expected = tuple(_result_shape(spec)(*args))
+        expected = tuple(RESULT_SHAPES[spec.name](*args))
         if shape != expected:
             return f"returned shape {shape}, expected {expected}"
         return None

@@ -346,7 +346,7 @@ class Discovery:
             source=rec.source, target=rec.target, priority=caps.priority if caps else None,
             thread_safe=caps.thread_safe if caps else None, capabilities=caps,
             memory=rec.memory if caps else None,
-            implemented_ops=tuple(op for op in hookspecs.OPS if op in rec.impls), notes=tuple(rec.notes),
+            implemented_ops=rec.implemented_ops, notes=tuple(rec.notes),
             error=rec.error if rec.status == "broken" else None)
 
 

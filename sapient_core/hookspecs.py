@@ -66,7 +66,6 @@ INT_ARRAY = "int array"
 OPTIONAL_MASK = "optional mask"
 #: A Python scalar (float, int, bool or str).
 SCALAR = "scalar"
-_KINDS = (ARRAY, OPTIONAL_ARRAY, POSITIONS, INT_ARRAY, OPTIONAL_MASK, SCALAR)
 _ARRAY_KINDS = (ARRAY, OPTIONAL_ARRAY, POSITIONS, INT_ARRAY, OPTIONAL_MASK)
 
 _NO_DEFAULT: Any = inspect.Parameter.empty

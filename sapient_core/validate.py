@@ -1,15 +1,16 @@
 """Input validation for every op, done once in the core before any backend sees the arguments.
 
-Each ``check_<op>`` takes the op's arguments, raises :class:`ShapeError` (a ``ValueError``) or
-:class:`DTypeError` (a ``TypeError``) naming the op and every shape involved, and returns None, except
-the RoPE checks, which return the positions as an integer array (lists and ranges are accepted).
-The checks read only ``.shape`` and ``.dtype``, so they work for NumPy arrays and for any backend's
-array type (``mx.array`` included).  They are on the hot path: keep them to attribute reads and
-comparisons.
+Each ``check_<op>`` takes the op's arguments, raises :class:`ShapeError` (a ``ValueError``),
+:class:`DTypeError` (a ``TypeError``) or :class:`ArgumentError` (a ``ValueError``: an argument's value
+outside what the op accepts) naming the op and every shape involved, and returns None, except the
+RoPE checks, which return the positions as an integer array (lists and ranges are accepted).  The checks read only
+``.shape`` and ``.dtype`` of the arrays, so they work for NumPy arrays and for any backend's array type
+(``mx.array`` included); ``check_embedding`` alone also reads values (the ids, brought to the host, are
+range-checked).  They are on the hot path: keep them to attribute reads and comparisons.
 
-Each check starts with a fast path: one expression that accepts the common case (float32 arrays whose
-shapes fit) and returns; anything else (float16, a wrong shape, a non-array ...) goes through the full
-check, which raises the error or accepts.  The fast path may only accept what the full check accepts
+Each check but ``check_embedding`` starts with a fast path: one expression that accepts the common case
+(float32 arrays whose shapes fit) and returns; anything else (float16, a wrong shape, a non-array ...)
+goes through the full check, which raises the error or accepts.  The fast path may only accept what the full check accepts
 (tests/test_core_backend.py checks both on the same inputs).  The op methods carry a copy of each
 fast path (``python -m sapient_core._codegen`` writes it into ``_ops.py``): its form is fixed, a
 ``try:`` of assignments and expressions ending in ``if <test>: return`` (see ``_codegen.fast_paths``),
@@ -280,7 +281,6 @@ def check_silu(x: Any) -> None:
 
 def check_gelu(x: Any, approximate: Any) -> None:
     try:
-        x.shape
         if ((x.__class__ is _ndarray or x.__class__ in _ARRAY_TYPES) and (x.dtype is _F32 or x.dtype in _F32S) and type(approximate) is str
                 and (approximate == "none" or approximate == "tanh")):
             return

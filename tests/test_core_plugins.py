@@ -435,7 +435,7 @@ def test_a_base_exception_from_a_plugin_is_recorded_not_raised_again(fake_site, 
     counter = tmp_path / "imports"
     fake_site.add_plugin("bad", f"open({str(counter)!r}, 'a').write('x')\n" + EXITS[case])
     fake_site.add_plugin("good", device="metal", priority=1)
-    reg = use_registry(fake_site.registry())
+    use_registry(fake_site.registry())
     with pytest.warns(PluginWarning, match=r"^plugin 'bad': .*(SystemExit: [34]|GPUPanic: panic)") as record:
         for _ in range(3):
             infos = {i.name: i for i in sapient_core.list_backends()}
