@@ -13,7 +13,8 @@ and imports no Numba):
 
 :func:`configure` changes the same settings at run time (the tests use it to run every kernel on
 every path).  :func:`run_parallel` runs a ``parallel=True`` Numba kernel on Numba's thread pool
-(OpenMP, TBB or its own workqueue); waking it costs 5-10 µs.  One parallel kernel runs at a time (a
+(OpenMP, TBB or its own workqueue); waking it costs 5-10 µs from sleep, ~1.7 µs while its threads still
+spin after a kernel (see GOMP_SPINCOUNT below).  One parallel kernel runs at a time (a
 second thread calling an op meanwhile runs the serial kernel, so the plugin stays thread-safe with
 every Numba threading layer), and none runs in a child process forked after the pool started (GNU
 OpenMP is not fork-safe): the child uses the serial kernels.  Matrix products run on BLAS's threads;
@@ -39,8 +40,9 @@ threads: KV 512 96 µs and KV 2048 450 µs with OPENBLAS_NUM_THREADS=2 (two nest
 
 (Why add and mul gain less than torch does, [1, 128, 2048] on 2 threads: the parallel kernel alone,
 into an output that already exists, takes 18.8 µs (NumPy's one-thread loop 32.8 µs; waking Numba's
-pool costs ~1.7 µs, measured on 64 elements); a fresh output array adds ~1.5 µs and the Python around
-the kernel ~2 µs, 22.6 µs in all, where torch's whole call takes 19.8 µs.  Aligning the output to 64
+pool, still spinning in this back-to-back loop, costs ~1.7 µs, measured on 64 elements); a fresh
+output array adds ~1.5 µs and the Python around the kernel ~2 µs, 22.6 µs in all, where torch's whole
+call takes 19.8 µs.  Aligning the output to 64
 bytes saved 0.3 µs but costs 2 µs in Python to allocate.)
 """
 

@@ -229,12 +229,12 @@ def _layer_norm_numpy(x, w, bias, eps):
 
 # --- activations -------------------------------------------------------------------------------------
 
-def _elementwise(x, serial, parallel, kind):
-    """Run a fused elementwise kernel over ``x`` (any shape) into a new float32 array."""
+def _activation(x, serial, parallel):
+    """Run a fused activation kernel over ``x`` (any shape) into a new float32 array."""
     xf = _f32_flat(x)
     out = np.empty(xf.shape, np.float32)
     xr, outr = xf.reshape(-1), out.reshape(-1)
-    if xr.size < _PAR_MIN[kind] or not _run_parallel(parallel, xr, outr):
+    if xr.size < _PAR_MIN["activation"] or not _run_parallel(parallel, xr, outr):
         serial(xr, outr)
     return out
 
@@ -243,14 +243,13 @@ def silu(x):
     x = _f32(x)
     fz = _fused()
     if fz is not None:
-        return _elementwise(x, fz.silu_serial, fz.silu_parallel, "activation")
+        return _activation(x, fz.silu_serial, fz.silu_parallel)
     return _silu_numpy(x)
 
 
 def _silu_numpy(x):
     # x * sigmoid(x) = x / (1 + exp(-x)), exp(-x) = exp2(-x * log2 e).  For x < -88 exp overflows to
     # inf and x / inf = -0.0, the correctly rounded result, so that overflow is expected and silenced.
-    x = _f32(x)
     out = np.empty(x.shape, np.float32)              # explicit: a 0-d x would otherwise give a scalar
     with np.errstate(over="ignore", invalid="ignore"):   # invalid: x = -inf gives -inf/inf = NaN, as the formula
         np.multiply(x, _f32c(-_LOG2E), out=out)
@@ -380,7 +379,6 @@ def _gelu_tanh(x):
     # 0.5 x (1 + tanh(u)) == x sigmoid(2u) == x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3):
     # no cancellation in the negative tail, and exp(-2u) = exp2(x * (c0 + c1 x^2)) with the constants
     # folded.  Overflow to inf for very negative x gives x / inf = -0.0, as for silu.
-    x = _f32(x)
     c0 = _f32c(-2.0 * _SQRT_2_OVER_PI * _LOG2E)
     c1 = _f32c(-2.0 * _SQRT_2_OVER_PI * 0.044715 * _LOG2E)
     out = np.empty(x.shape, np.float32)              # explicit: a 0-d x would otherwise give a scalar
@@ -400,8 +398,8 @@ def gelu(x, approximate):
     fz = _fused()
     if fz is not None:
         if approximate == "tanh":
-            return _elementwise(x, fz.gelu_tanh_serial, fz.gelu_tanh_parallel, "activation")
-        return _elementwise(x, fz.gelu_erf_serial, fz.gelu_erf_parallel, "activation")
+            return _activation(x, fz.gelu_tanh_serial, fz.gelu_tanh_parallel)
+        return _activation(x, fz.gelu_erf_serial, fz.gelu_erf_parallel)
     if approximate == "tanh":
         return _gelu_tanh(x)
     return _gelu_erf(x)

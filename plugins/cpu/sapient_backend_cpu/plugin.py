@@ -15,6 +15,7 @@ from . import __version__, kernels
 
 hookimpl = pluggy.HookimplMarker("sapient_core")
 
+
 @hookimpl
 def backend_capabilities():
     return {
@@ -28,7 +29,6 @@ def backend_capabilities():
     }
 
 
-
 # One line per op: the kernel, marked as the implementation of the hook of the same name.
 linear_3d = hookimpl(kernels.linear_3d)
 linear_3d_bias = hookimpl(kernels.linear_3d_bias)
@@ -40,8 +40,6 @@ add = hookimpl(kernels.add)
 mul = hookimpl(kernels.mul)
 apply_rope_positions = hookimpl(kernels.apply_rope_positions)
 apply_rope_partial = hookimpl(kernels.apply_rope_partial)
-
-
 apply_rope = hookimpl(kernels.apply_rope)
 gqa_attention = hookimpl(kernels.gqa_attention)
 logits_from_hidden = hookimpl(kernels.logits_from_hidden)

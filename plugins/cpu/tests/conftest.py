@@ -71,11 +71,5 @@ def ops(request, cpu_backend, path):
 
 
 @pytest.fixture
-def k2(ops):
-    """The contract-v2 semantics through the backend object (validation + dispatch) and on the kernels."""
-    return ops
-
-
-@pytest.fixture
 def rng():
     return np.random.default_rng(20240611)

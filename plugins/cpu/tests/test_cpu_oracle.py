@@ -28,6 +28,23 @@ def test_rope_hand_computed():
     np.testing.assert_allclose(oracle.apply_rope_partial(x, [2], 100.0, 2).ravel(), want, rtol=1e-15)
 
 
+def test_rope_variants_agree_with_each_other():
+    """apply_rope with the default frequencies is apply_rope_partial exactly, and each RoPE's (B, S)
+    positions rotate every batch row as its own (S,) row does."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 4, 6, 64))
+    pos = np.array([[0, 1, 2, 3, 4, 5], [1, 1, 0, 1, 2, 3], [1, 1, 1, 1, 1, 0]])
+    inv = oracle.rope_inv_freq(10000.0, 32)
+    np.testing.assert_array_equal(oracle.apply_rope(x, pos[0], inv, 1.0),
+                                  oracle.apply_rope_partial(x, pos[0], 10000.0, 32))
+    for rope in (lambda x_, p: oracle.apply_rope_positions(x_, p, 10000.0),
+                 lambda x_, p: oracle.apply_rope_partial(x_, p, 10000.0, 48),
+                 lambda x_, p: oracle.apply_rope(x_, p, inv[:20] / 3, 1.1)):
+        whole = rope(x, pos)
+        for i in range(3):
+            np.testing.assert_array_equal(whole[i:i + 1], rope(x[i:i + 1], pos[i]))
+
+
 def test_attention_with_one_key_returns_its_value():
     rng = np.random.default_rng(1)
     q, k, v = rng.standard_normal((1, 4, 1, 8)), rng.standard_normal((1, 2, 1, 8)), rng.standard_normal((1, 2, 1, 8))
