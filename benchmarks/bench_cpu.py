@@ -209,11 +209,10 @@ def overhead_table(be, quick):
     print("Interleaved rounds, best of each; the validation column is CHECKS[op] called alone (part of the overhead).\n")
     print(f"| {'op':<22} | {'kernel µs':>9} | {'backend µs':>10} | {'overhead µs':>11} | {'of which validation':>19}")
     print(f"|{'-' * 24}|{'-' * 11}|{'-' * 12}|{'-' * 13}|{'-' * 21}")
-    # the kernels take the contract-v2 arguments too (None: the v1 behaviour)
-    v2_extra = {"gqa_attention": (None, None, None, None)}
+    from sapient_core import OPS
     for op, args in cases.items():
         direct, via_backend, check = getattr(kernels, op), getattr(be, op), CHECKS[op]
-        kargs = args + v2_extra.get(op, ())
+        kargs = args + tuple(arg.default for arg in OPS[op].args[len(args):])   # the kernels take every argument
         t_k, t_b, t_c = [], [], []
         for _ in range(3 if quick else 7):
             t_k.append(timeit.timeit(lambda: direct(*kargs), number=n) / n)

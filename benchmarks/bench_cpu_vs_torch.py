@@ -21,7 +21,7 @@ a batch of calls of about ``--sample-ms``); ratios compare times from the same r
 the issue's (sapient / torch at the same thread count); "2T ok" is the issue's last target: the
 2-thread ratio no worse than the 1-thread ratio (5% measuring slack).  Also printed: decode GEMV
 bandwidth of the backend's ``linear_3d`` against NumPy's own ``np.dot`` (sgemv) over weights that do
-not fit the cache, and the backend object's per-call overhead over the raw kernel.
+not fit the cache.  (The backend object's per-call overhead: ``benchmarks/bench_overhead.py``.)
 
 On a shared machine the minimum is what the code costs; say what else was running when you quote it.
 """
@@ -131,7 +131,7 @@ def sapient_ops(a):
         kc, vc = caches[n]
         ops[f"attention decode kv{n}"] = (lambda kc=kc, vc=vc: bk.gqa_attention(a["q1"], kc, vc, NKV, True))
         ops[f"layer decode kv{n}"] = (lambda kc=kc, vc=vc, n=n: layer(a["x1"], np.array([n - 1]), kc, vc))
-    return ops, bk
+    return ops
 
 
 def _np_softmax(s):
@@ -338,34 +338,10 @@ def gemv_bandwidth(family, budget_s):
     return {f"gemv {k}": MLP * H * 4 / v / 1e9 for k, v in best.items()}
 
 
-def call_overhead():
-    """Backend-object overhead per call over the raw kernel, tiny inputs (µs), interleaved rounds."""
-    import timeit
-
-    import sapient_core
-    from sapient_backend_cpu import kernels
-
-    bk = sapient_core.get_backend("cpu")
-    x, w = np.ones((1, 1, 8), F32), np.ones(8, F32)
-    q, kv = np.ones((1, 4, 1, 8), F32), np.ones((1, 2, 3, 8), F32)
-    cases = {"rms_norm": ((x, w, 1e-6), (x, w, 1e-6)), "add": ((x, x), (x, x)),
-             "gqa_attention": ((q, kv, kv, 2, True), (q, kv, kv, 2, True, None, None, None, None))}
-    out = {}
-    n = 20000
-    for op, (args_b, args_k) in cases.items():
-        fb, fk = getattr(bk, op), getattr(kernels, op)
-        tb, tk = [], []
-        for _ in range(7):
-            tb.append(timeit.timeit(lambda: fb(*args_b), number=n) / n)
-            tk.append(timeit.timeit(lambda: fk(*args_k), number=n) / n)
-        out[f"overhead {op}"] = (min(tb) - min(tk)) * 1e6
-    return out
-
-
 def child(family, sample_ms, budget_s, quick, only=None):
     a = inputs()
     if family == "sapient":
-        ops, _ = sapient_ops(a)
+        ops = sapient_ops(a)
     elif family == "numpy":
         ops = numpy_ops(a)
     else:
@@ -376,7 +352,6 @@ def child(family, sample_ms, budget_s, quick, only=None):
         return
     res.update(gemv_bandwidth(family, 0.5 if quick else 2.0))
     if family == "sapient":
-        res.update(call_overhead())
         from sapient_backend_cpu import kernels
         res["info"] = kernels.info()
     print(json.dumps(res))
@@ -402,7 +377,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="one round, short budgets (a smoke run)")
     ap.add_argument("--json", default=None, help="also write the raw best times to this file")
     ap.add_argument("--only", default=None, help="comma-separated words: time only the ops whose name contains "
-                                                  "one (e.g. add,mul,attention), and no GEMV or overhead lines")
+                                                  "one (e.g. add,mul,attention), and no GEMV lines")
     args = ap.parse_args(argv)
     only = None
     if args.only:
@@ -493,9 +468,9 @@ def report(best, families, threads, info, args, load, load_after, only=None):
                 f"({gs['gemv sapient'] / gs['gemv np.dot sgemv']:.0%}), numpy x@w.T {best[('numpy', t)]['gemv numpy']:.1f} GB/s")
         if have_torch:
             line += f", torch F.linear {best[('torch', t)]['gemv torch']:.1f} GB/s"
-        print(line)
-        print("backend object overhead over the raw kernel (µs per call, tiny inputs): " + ", ".join(
-            f"{k.split()[1]} {v:.2f}" for k, v in gs.items() if k.startswith("overhead")) + "\n")
+        print(line + "\n")
+    print("(the backend object's per-call overhead, op by op and per decode-step call: "
+          "python benchmarks/bench_overhead.py)")
 
 
 if __name__ == "__main__":

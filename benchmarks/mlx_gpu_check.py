@@ -34,15 +34,11 @@ import time
 
 import numpy as np
 
+from sapient_core.reporting import format_table
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TESTS = ROOT / "plugins" / "mlx" / "tests"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
-
-def table(header, rows):
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))   # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def device_report():
@@ -242,20 +238,20 @@ def main(argv=None) -> int:
     out["ops"] = [dict(zip(("op", "case", "nmse", "max_abs_err", "tolerance", "ok"), r)) for r in rows]
     ok &= all(r[-1] for r in rows)
     print(f"\n3. Errors against the float64 oracle on {name} (tolerance: the kit's max abs err, scaled)")
-    print(table(["op", "case", "NMSE", "max abs err", "tolerance", "ok"],
-                [[op, case, f"{nmse:.1e}", f"{err:.1e}", f"{tol:.1e}", "ok" if good else "FAIL"]
-                 for op, case, nmse, err, tol, good in rows]))
+    print(format_table(header=["op", "case", "NMSE", "max abs err", "tolerance", "ok"],
+                       rows=[[op, case, f"{nmse:.1e}", f"{err:.1e}", f"{tol:.1e}", "ok" if good else "FAIL"]
+                             for op, case, nmse, err, tol, good in rows]))
     steps = args.steps or (3 if args.quick else 30)
     config, prompt_len, n_params, dec = decode_steps(args.quick, steps)
     out["decode"] = dec
     ok &= all(r["fallbacks"] == 0 for r in dec)
     print(f"\n4. Decode step: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"{n_params / 1e6:.0f}M float32 parameters, prompt {prompt_len}, {steps} steps")
-    print(table(["engine", "ms/token (median)", "min", "host copies/step", "weight uploads", "evaluations/step",
-                 "fallbacks"],
-                [[r["engine"], f"{r['ms_per_token']:.2f}", f"{r['min_ms']:.2f}",
-                  f"{r['host_copies_out']:g} out, {r['host_uploads_in']:g} in", str(r["weight_uploads"]),
-                  f"{r['evaluations']:g}", str(r["fallbacks"])] for r in dec]))
+    print(format_table(header=["engine", "ms/token (median)", "min", "host copies/step", "weight uploads",
+                               "evaluations/step", "fallbacks"],
+                       rows=[[r["engine"], f"{r['ms_per_token']:.2f}", f"{r['min_ms']:.2f}",
+                              f"{r['host_copies_out']:g} out, {r['host_uploads_in']:g} in", str(r["weight_uploads"]),
+                              f"{r['evaluations']:g}", str(r["fallbacks"])] for r in dec]))
     print("(portable: sapient_core.testing.models, NumPy weights through the weight cache, sapient_core.KVCache "
           "appended in place through the backend's layout hooks; device: benchmarks/mlx_engine.py)")
     print(f"\n{'PASS' if ok else 'FAIL'} in {time.perf_counter() - t_start:.0f} s")

@@ -30,26 +30,13 @@ import pathlib
 import statistics
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 
+from sapient_core.reporting import format_table
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-
-def table(header, rows):
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))   # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-@contextlib.contextmanager
-def patched(module, name, value):
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
 
 
 def plugin_stats(backend):
@@ -111,10 +98,10 @@ def decode_section(config, steps, prompt_len):
         for label, patches in variants:
             with contextlib.ExitStack() as stack:
                 for attr, value in patches.items():
-                    stack.enter_context(patched(kernels, attr, value))
+                    stack.enter_context(mock.patch.object(kernels, attr, value))
                 if "PROBE" in patches:
-                    stack.enter_context(patched(kernels, "_PROBED", set()))
-                    stack.enter_context(patched(kernels, "_SEEN", set()))
+                    stack.enter_context(mock.patch.object(kernels, "_PROBED", set()))
+                    stack.enter_context(mock.patch.object(kernels, "_SEEN", set()))
                 if hasattr(kernels, "_ROPE_TABLES"):
                     kernels._ROPE_TABLES.clear()      # each variant uploads its own tables, as a fresh run
                 r = run_steps(make(), steps, be)
@@ -123,8 +110,8 @@ def decode_section(config, steps, prompt_len):
     print(f"\n1. Decode step ({config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"{config.num_attention_heads}/{config.num_key_value_heads} heads, vocab {config.vocab_size}, "
           f"prompt {prompt_len}, {steps} steps, device {be.device})")
-    print(table(["engine", "variant", "ms/token (median)", "min", "CPU ms/token", "first step ms",
-                 "host copies/step", "weight uploads after step 1"], rows))
+    print(format_table(rows, ["engine", "variant", "ms/token (median)", "min", "CPU ms/token", "first step ms",
+                              "host copies/step", "weight uploads after step 1"]))
     print("(CPU ms: process time of all threads per step, less sensitive than wall time to other load)")
 
 
@@ -145,7 +132,7 @@ def pending_section(steps):
             rows.append(["write (in place)" if in_place else "concatenate",
                          "every step" if evaluate_each else f"never ({steps} pending)", f"{peak / 2 ** 20:.1f}"])
     print(f"\n2. Pending steps: peak MLX memory of a {steps}-step decode loop (KV heads 2, head dim 64)")
-    print(table(["KV cache", "evaluate", "peak MB"], rows))
+    print(format_table(rows, ["KV cache", "evaluate", "peak MB"]))
 
 
 def cache_section(config, steps):
@@ -173,7 +160,7 @@ def cache_section(config, steps):
     sapient_backend_mlx.configure_weight_cache(None)
     n_weights = len(weights) - 1
     print(f"\n3. Weight cache ({n_weights} weights used per step, {used / 2 ** 20:.1f} MB, {steps} steps)")
-    print(table(["cache limit", "hits/step", "uploads/step", "ms/step (median)", "min", "CPU ms/step"], rows))
+    print(format_table(rows, ["cache limit", "hits/step", "uploads/step", "ms/step (median)", "min", "CPU ms/step"]))
 
 
 def rope_section(repeats):
@@ -204,7 +191,7 @@ def rope_section(repeats):
         rows.append([f"S={s}, positions {p0}..{p0 + s - 1}", f"{out[0][0]:.0f}", f"{out[0][1]:.1e}",
                      f"{out[1][0]:.0f}", f"{out[1][1]:.1e}"])
     print("\n4. RoPE, x (1, 8, S, 128): mx.fast.rope (float32 angles) vs the plugin (float64 host tables)")
-    print(table(["case", "fast.rope us", "fast.rope max err", "plugin us", "plugin max err"], rows))
+    print(format_table(rows, ["case", "fast.rope us", "fast.rope max err", "plugin us", "plugin max err"]))
 
 
 def main(argv=None) -> int:
