@@ -265,8 +265,25 @@ class Transfers:
 
 
 def _device_default_limit() -> tuple[int, str]:
-    from .device import default_cache_limit      # lazy: imports MLX; device.py does not import this module
-    return default_cache_limit()
+    """The weight cache's default limit: the largest model ``get_backend("auto")`` accepts here.
+
+    ``auto`` takes a device when ``model_bytes * factor <= total - reserve`` (the core's fit policy,
+    1.5 and 2 GiB by default), so every model it accepts fits the cache whole.  4 GiB when the memory is
+    unknown.
+    """
+    from .device import memory      # lazy: imports MLX; device.py does not import this module
+    total = memory().get("total_bytes")
+    if not isinstance(total, int) or total <= 0:
+        return FALLBACK_LIMIT, "4 GiB (device memory unknown)"
+    from sapient_core import memory as core_memory
+    policy = core_memory.DEFAULT_POLICY
+    usable = total - policy.reserve_bytes
+    if usable <= 0:
+        return 0, f"0: the device memory ({total} B) is below the fit policy's reserve"
+    num, den = float(policy.factor).as_integer_ratio()
+    largest = usable * den // num                 # the largest m with ceil(m * factor) <= usable
+    return largest, (f"the largest model get_backend('auto') accepts: (memory - {policy.reserve_bytes} B "
+                     f"reserve) / {policy.factor:g}")
 
 
 #: The process-wide weight cache and transfer counters of the MLX plugin.

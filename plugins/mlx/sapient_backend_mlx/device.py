@@ -24,7 +24,7 @@ from typing import Any
 
 from . import _runtime
 
-__all__ = ["LOCK", "device_name", "mx_device", "stream", "memory", "default_cache_limit", "unified_memory"]
+__all__ = ["LOCK", "device_name", "mx_device", "stream", "memory", "unified_memory"]
 
 #: Held by every evaluation the plugin runs (``mx.eval`` and host copies): the plugin's stream may be
 #: used from any thread, but never by two evaluations at once.  Re-entrant.
@@ -32,9 +32,6 @@ LOCK = threading.RLock()
 
 _state: tuple[str, Any] | None = None          # (device name, mx.Device), decided once per process
 _stream: Any = None
-_FALLBACK_LIMIT = 4 * 1024 ** 3
-
-
 def _init() -> tuple[str, Any]:
     global _state
     state = _state
@@ -104,24 +101,3 @@ def memory() -> dict[str, Any]:
     report["unified_memory"] = unified
     report.setdefault("details", {})["unified_memory"] = unified
     return report
-
-
-def default_cache_limit() -> tuple[int, str]:
-    """The weight cache's default limit: the largest model ``get_backend("auto")`` accepts here.
-
-    ``auto`` takes a device when ``model_bytes * factor <= total - reserve`` (the core's fit policy,
-    1.5 and 2 GiB by default), so every model it accepts fits the cache whole.  4 GiB when the memory is
-    unknown.
-    """
-    total = memory().get("total_bytes")
-    if not isinstance(total, int) or total <= 0:
-        return _FALLBACK_LIMIT, "4 GiB (device memory unknown)"
-    from sapient_core import memory as core_memory
-    policy = core_memory.DEFAULT_POLICY
-    usable = total - policy.reserve_bytes
-    if usable <= 0:
-        return 0, f"0: the device memory ({total} B) is below the fit policy's reserve"
-    num, den = float(policy.factor).as_integer_ratio()
-    largest = usable * den // num                 # the largest m with ceil(m * factor) <= usable
-    return largest, (f"the largest model get_backend('auto') accepts: (memory - {policy.reserve_bytes} B "
-                     f"reserve) / {policy.factor:g}")

@@ -97,7 +97,7 @@ PROBE = True
 _PROBED: set = set()              # (op, static, input kinds) already checked
 _SEEN: set = set()                # exact (op, static, dtype, shapes) whose kind is in _PROBED (bounded)
 _SEEN_MAX = 4096
-_PENDING: dict[str, int] = {}     # op -> results built since the last successful evaluation
+_PENDING: collections.Counter[str] = collections.Counter()   # op -> results built since the last evaluation
 _STATS = {"evaluations": 0, "failures": 0, "retries": 0, "probes": 0, "probe_failures": 0}
 
 
@@ -180,7 +180,7 @@ def _done(op: str, result, a, b=None, static: Any = None):
     per doubling.
     The exact shapes already covered are remembered, which keeps the common path to one set lookup.
     """
-    _PENDING[op] = _PENDING.get(op, 0) + 1
+    _PENDING[op] += 1
     if PROBE:
         exact = (op, static, a.dtype, a.shape, None if b is None else b.shape)
         if exact not in _SEEN:
@@ -328,19 +328,19 @@ def _evaluated_input(x, op: str) -> None:
 
 @_on_stream
 def concatenate(arrays, axis):
-    _PENDING["concatenate"] = _PENDING.get("concatenate", 0) + 1
+    _PENDING["concatenate"] += 1
     return mx.concatenate([to_device(a) for a in arrays], axis=axis)
 
 
 @_on_stream
 def reshape(x, shape):
-    _PENDING["reshape"] = _PENDING.get("reshape", 0) + 1
+    _PENDING["reshape"] += 1
     return mx.reshape(to_device(x), tuple(shape))
 
 
 @_on_stream
 def transpose(x, axes):
-    _PENDING["transpose"] = _PENDING.get("transpose", 0) + 1
+    _PENDING["transpose"] += 1
     return mx.transpose(to_device(x), tuple(axes))
 
 
@@ -355,7 +355,7 @@ def write(dst, src, axis, start):
     """``dst`` with ``src`` written along ``axis`` from ``start`` (what mlx-lm's KVCache does by slice
     assignment).  Returns the updated array; rebind to it (``cache = write(cache, k, 2, t)``) so that
     the old one is dropped and MLX updates the buffer in place when it evaluates."""
-    _PENDING["write"] = _PENDING.get("write", 0) + 1
+    _PENDING["write"] += 1
     d = to_device(dst)
     s = to_device(src)
     if s.dtype != d.dtype:
@@ -380,7 +380,7 @@ def _start_index(start: int):
 @_on_stream
 def slice(x, axis, start, stop):  # noqa: A001 - the helper's name in the backend API
     """``x[..., start:stop, ...]`` along ``axis`` (e.g. the filled prefix of a KV cache)."""
-    _PENDING["slice"] = _PENDING.get("slice", 0) + 1
+    _PENDING["slice"] += 1
     x = to_device(x)
     index = [builtins.slice(None)] * x.ndim
     index[axis] = builtins.slice(int(start), int(stop))
@@ -400,7 +400,7 @@ def linear_3d(x, weight):
 
 @_on_stream
 def linear_3d_bias(x, weight, bias):
-    y = linear_3d(x, weight)
+    y = linear_3d.__wrapped__(x, weight)          # already on the stream: not through its decorator again
     if bias is not None:
         y = _done("linear_3d_bias", y + _w32(bias), y)
     return y
@@ -528,8 +528,12 @@ def _rope(op: str, x, positions, inv_freq64: np.ndarray, scaling: float):
     return _done(op, mx.concatenate(parts, axis=-1), x, table)
 
 
+@functools.lru_cache(maxsize=16)
 def _base_inv_freq(base: float, rotary_dim: int) -> np.ndarray:
-    return float(base) ** (-np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim)
+    """base ** (-2i / rotary_dim), float64, read-only and cached (every layer's q and k ask for it)."""
+    inv = float(base) ** (-np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim)
+    inv.setflags(write=False)
+    return inv
 
 
 @_on_stream
@@ -542,12 +546,12 @@ def apply_rope(x, positions, inv_freq, attention_scaling):
 
 @_on_stream
 def apply_rope_positions(x, positions, base):
-    return _rope("apply_rope_positions", x, positions, _base_inv_freq(base, x.shape[-1]), 1.0)
+    return _rope("apply_rope_positions", x, positions, _base_inv_freq(float(base), x.shape[-1]), 1.0)
 
 
 @_on_stream
 def apply_rope_partial(x, positions, base, rotary_dim):
-    return _rope("apply_rope_partial", x, positions, _base_inv_freq(base, int(rotary_dim)), 1.0)
+    return _rope("apply_rope_partial", x, positions, _base_inv_freq(float(base), int(rotary_dim)), 1.0)
 
 
 # --- attention --------------------------------------------------------------------------------------
@@ -606,14 +610,12 @@ def gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, k
     q, k, v = _act(q), _act(k), _act(v)
     b, h, sq, d = q.shape
     sk = k.shape[2]
-    if q.size == 0:
-        return mx.zeros(q.shape, dtype=_F32)
-    if sk == 0 or d == 0:
-        return mx.zeros(q.shape, dtype=_F32)       # no key to see: zeros
+    if q.size == 0 or sk == 0:
+        return mx.zeros(q.shape, dtype=_F32)       # nothing to compute, or no key to see: zeros
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     mask = _mask(sq, sk, bool(causal), sliding_window, kv_mask)
     seen = None
-    if mask is not None and not isinstance(mask, str) and kv_mask is not None:
+    if kv_mask is not None:                        # then mask is an array (_mask)
         # A row whose keys are all masked (padding) would be 0/0: let it see every key, zero it after.
         seen = mx.any(mask, axis=-1, keepdims=True)
         mask = mx.logical_or(mask, mx.logical_not(seen))
@@ -665,7 +667,7 @@ def logits_from_hidden(hidden, lm_head, softcap):
 def all_logits_from_hidden(hidden, lm_head, softcap):
     x = _act(hidden)
     w = _w32(lm_head)
-    if x.shape[2] == 0 or x.size == 0:
+    if x.size == 0:
         return np.zeros((x.shape[0], x.shape[1], w.shape[0]), np.float32)
     _evaluated_input(x, "all_logits_from_hidden")
     return _own_result_to_host(_softcap(mx.matmul(x, w.T), softcap), "all_logits_from_hidden")

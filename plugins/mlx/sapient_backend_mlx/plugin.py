@@ -61,7 +61,7 @@ def backend_memory() -> dict[str, Any]:
     """
     from .device import memory
     report = memory()
-    if report.get("total_bytes") is None and "details" not in report:
+    if "details" not in report:                     # MLX did not import: nothing more to add
         return report
     details = report.setdefault("details", {})
     try:

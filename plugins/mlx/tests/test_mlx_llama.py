@@ -14,6 +14,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlx_helpers import ON_CPU_DEVICE
 from sapient_core.testing.models import Decoder as Llama
 from sapient_core.testing.models import DecoderConfig as LlamaConfig
 from sapient_core.testing.models import random_weights
@@ -21,7 +22,7 @@ from sapient_core.testing.oracle import OracleBackend
 
 CONFIG = LlamaConfig(hidden_size=64, num_attention_heads=8, num_key_value_heads=2, intermediate_size=96,
                      num_hidden_layers=2, vocab_size=101)
-ATOL = 2e-5 if not mx.metal.is_available() and not mx.cuda.is_available() else 4e-4
+ATOL = 2e-5 if ON_CPU_DEVICE else 4e-4
 
 
 @pytest.fixture(scope="module")

@@ -29,25 +29,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlx_helpers import ON_CPU_DEVICE, dot_tol
 from sapient_core.testing import oracle
-
-EPS32 = 2.0 ** -24
-
-
-def dot_tol(x, w):
-    """Twice the float32 error bound of x @ w.T (K * 2**-24 * sum |x_k w_k|), elementwise max."""
-    x = np.abs(np.asarray(x, np.float64))
-    w = np.abs(np.asarray(w, np.float64))
-    k = x.shape[-1]
-    return 2 * k * EPS32 * float((x @ w.T).max(initial=0.0)) + 1e-30
-
 
 def rope_tol(x, positions):
     p = float(np.abs(np.asarray(positions)).max(initial=0))
     return 1e-6 + p * 2.0 ** -22 * float(np.abs(x).max(initial=0))
-
-
-ON_CPU_DEVICE = not mx.metal.is_available() and not mx.cuda.is_available()
 
 
 def device_atol(op, atol, want):

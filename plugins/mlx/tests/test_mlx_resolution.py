@@ -11,10 +11,10 @@ import textwrap
 import mlx.core as mx
 import pytest
 
+from mlx_helpers import ON_CPU_DEVICE
 from sapient_core import BackendNotFoundError, BackendUnavailableError
 from sapient_core.registry import ENTRY_POINT_GROUP, Registry
 
-ON_CPU_DEVICE = not mx.metal.is_available() and not mx.cuda.is_available()
 
 
 def test_mlx_by_name_works_on_its_best_device(registry):
