@@ -211,25 +211,21 @@ def test_the_fallback_converts_exactly_the_array_arguments(op):
     """The CPU reference gets NumPy for every argument declared as an array, and scalars as they are."""
     from sapient_core.registry import Registry
 
-    from helpers.fakeplugins import caps_dict, namespace_plugin
-
-    class Box:
-        def __init__(self, a):
-            self.a, self.shape, self.dtype = a, a.shape, a.dtype
+    from helpers.fakeplugins import Boxed, caps_dict, namespace_plugin, unbox
 
     converted = []
-    plugin = namespace_plugin(caps_dict(), backend_to_numpy=lambda x: converted.append(x) or x.a,
-                              backend_from_numpy=lambda x: Box(x))
+    plugin = namespace_plugin(caps_dict(), backend_to_numpy=lambda x: converted.append(x) or unbox(x),
+                              backend_from_numpy=lambda x: Boxed(x))
     reg = Registry(entry_points=lambda: [])
     reg.register(plugin, "boxed")
     b = reg.get_backend("boxed")
     spec = hookspecs.OPS[op]
-    args = tuple(Box(a) if arg.is_array and hasattr(a, "dtype") else a for arg, a in zip(spec.args, samples.valid_args(op)))
+    args = tuple(Boxed(a) if arg.is_array and hasattr(a, "dtype") else a for arg, a in zip(spec.args, samples.valid_args(op)))
     numpy_args = b._numpy_args(spec, args)
-    boxed = [a for a in args if isinstance(a, Box)]
+    boxed = [a for a in args if isinstance(a, Boxed)]
     assert len(converted) == len(boxed) and all(c is a for c, a in zip(converted, boxed))
     for arg, before, after in zip(spec.args, args, numpy_args):
-        if isinstance(before, Box):
+        if isinstance(before, Boxed):
             assert arg.is_array and after is before.a
         else:
             assert after is before
@@ -238,7 +234,14 @@ def test_the_fallback_converts_exactly_the_array_arguments(op):
 def test_no_private_module_is_imported_across_packages():
     """Only sapient_core itself may import its private modules; plugins, benchmarks, examples and the
     kit use the public names."""
-    private = re.compile(r"^\s*(from|import)\s+sapient_core(\.\w+)*\._\w+", re.M)
+    private = re.compile(r"^\s*(?:(?:from|import)\s+sapient_core(?:\.\w+)*\._(?!_)\w+"     # sapient_core._x
+                         r"|from\s+\.\.+(?:\w+\.)*_(?!_)\w+\s+import"                     # from .._x (the kit)
+                         r"|from\s+sapient_core(?:\.\w+)*\s+import\s+\(?\s*(?:\w+\s*,\s*)*_(?!_)\w+)", re.M)
+    for line in ("from sapient_core._ops import x", "import sapient_core._codegen", "from .._plugin import y",
+                 "from sapient_core import _ops", "from sapient_core import (OPS, _ops)"):
+        assert private.search(line), line
+    for line in ("from sapient_core import OPS", "from .oracle import x", "from sapient_core.testing import nmse"):
+        assert not private.search(line), line
     offenders = []
     for folder in ("plugins", "benchmarks", "examples", "sapient_core/testing"):
         for path in (REPO / folder).rglob("*.py"):

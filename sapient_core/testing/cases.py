@@ -422,9 +422,9 @@ def left_padded_positions(b: int, s: int, offset: int = 0) -> np.ndarray:
     return pos
 
 
-def _inv_freq(config: dict, seq_len: int | None = None) -> tuple[np.ndarray, float]:
+def _inv_freq(config: dict) -> tuple[np.ndarray, float]:
     from ..rope import rope_parameters
-    p = rope_parameters(config, seq_len=seq_len)
+    p = rope_parameters(config)
     return np.array(p.inv_freq), p.attention_scaling
 
 
