@@ -183,7 +183,7 @@ class Discovery:
     def _apply_switches(self, rec: PluginRecord, disable: bool, allow: switches.AllowList) -> None:
         if disable:
             raw = self._disable_raw.strip()
-            shown = raw if raw.lower() in switches.TRUE else f"{raw!r} (an unrecognised value, read as on)"
+            shown = raw if switches.on_off(raw) else f"{raw!r} (an unrecognised value, read as on)"
             rec.status = "disabled"
             rec.disabled_reason = (f"SAPIENT_DISABLE_PLUGIN_AUTOLOAD={shown} loads only the CPU reference. To use "
                                    f"it, unset SAPIENT_DISABLE_PLUGIN_AUTOLOAD")

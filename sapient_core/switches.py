@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from .errors import SwitchWarning, warn
 
-__all__ = ["TRUE", "FALSE", "ACCEPTED", "flag", "cross_check_fraction", "parse_allow_list", "AllowList",
+__all__ = ["TRUE", "FALSE", "ACCEPTED", "on_off", "flag", "cross_check_fraction", "parse_allow_list", "AllowList",
            "check_fraction", "warn_once", "norm_dist", "NAME_RE"]
 
 TRUE = ("1", "true", "yes", "on")
@@ -46,6 +46,14 @@ def warn_once(warned: set | None, name: str, raw: str, message: str) -> None:
     warn(message, SwitchWarning)
 
 
+def on_off(raw: str | None) -> bool | None:
+    """An on/off spelling read: True, False (unset and empty too), None when it is neither."""
+    value = "" if raw is None else raw.strip().lower()
+    if value == "" or value in FALSE:
+        return False
+    return True if value in TRUE else None
+
+
 def flag(name: str, *, bad_means: bool, effect: str, warned: set | None = None) -> bool:
     """The on/off switch ``name`` as it is now in the environment (unset or empty: off).
 
@@ -54,13 +62,9 @@ def flag(name: str, *, bad_means: bool, effect: str, warned: set | None = None) 
     :param warned: the (variable, value) pairs already warned about (the caller's; updated).
     """
     raw = os.environ.get(name)
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value == "" or value in FALSE:
-        return False
-    if value in TRUE:
-        return True
+    known = on_off(raw)
+    if known is not None:
+        return known
     reading = "on" if bad_means else "off"
     remedy = f"{name}=1" if bad_means else f"{name}=0"
     warn_once(warned, name, raw,
@@ -88,15 +92,11 @@ def cross_check_fraction(warned: set | None = None) -> float:
     (on = 1, every call).  Unset, empty or a bad value (warned about): 0, off."""
     name = "SAPIENT_CROSS_CHECK"
     raw = os.environ.get(name)
-    if raw is None:
-        return 0.0
-    value = raw.strip().lower()
-    if value == "" or value in FALSE:
-        return 0.0
-    if value in TRUE:
-        return 1.0
+    known = on_off(raw)
+    if known is not None:
+        return 1.0 if known else 0.0
     try:
-        return check_fraction(float(value))
+        return check_fraction(float(raw.strip()))  # type: ignore[union-attr]  # on_off: raw is a str here
     except (TypeError, ValueError):
         pass
     warn_once(warned, name, raw,
