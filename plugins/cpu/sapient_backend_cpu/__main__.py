@@ -46,9 +46,11 @@ def warm_up():
             kernels.mul(x, w)
             kernels.apply_rope_positions(q, np.arange(3), 10000.0)
             kernels.apply_rope(q, np.arange(3)[None], np.ones(2, f), 1.0)
-            for window, cap, m in ((None, None, None), (2, 5.0, mask)):     # prefill and decode, plain and masked
-                kernels.gqa_attention(q, k, k, 2, True, None, window, cap, m)
-                kernels.gqa_attention(q[:, :, :1], k, k, 2, True, None, window, cap, m)
+            # prefill and decode, plain and masked, on whole arrays and on a KV cache's view
+            for keys, m in ((k, mask), (k[:, :, :4], mask[:, :4])):
+                for window, cap, kv_mask in ((None, None, None), (2, 5.0, m)):
+                    kernels.gqa_attention(q, keys, keys, 2, True, None, window, cap, kv_mask)
+                    kernels.gqa_attention(q[:, :, :1], keys, keys, 2, True, None, window, cap, kv_mask)
             timings[label] = time.perf_counter() - t0
     finally:
         kernels.configure(reset=True)

@@ -34,10 +34,14 @@ Why these choices (measured on the x86-64 machine of ``benchmarks/bench_cpu_vs_t
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import numpy as np
+from llvmlite import binding as _llvm
+from llvmlite import ir as _ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 _F32 = np.float32
@@ -492,3 +496,194 @@ def decode_weights_serial(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p):
 def decode_weights_parallel(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p):
     for task in prange(q.shape[0] * q.shape[1]):
         _decode_task(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p, task)
+
+
+# --- BLAS inside the kernels -------------------------------------------------------------------------
+#
+# A decode step's two products are small (per KV head: the group's G query rows times up to a few
+# thousand keys of size d).  NumPy's matmul runs them one after another on the calling thread, so on
+# two threads the step stayed half serial.  Here each task of the parallel kernel calls NumPy's own
+# OpenBLAS (cblas_sgemm, found in NumPy's extension module) on its KV head, in pieces small enough
+# that OpenBLAS runs each on the calling thread with its small-matrix kernels (a bigger product from
+# two threads at once waits on OpenBLAS's own pool: 9 ms instead of 0.06 ms for 2048 keys; and a
+# scores product of more than ~1200 outputs leaves the small-matrix path: 13.5 instead of 1.7 µs for
+# 4 x 384 outputs).  Measured at 32/8 heads of 64 on the benchmark machine (AVX-512): the scores 30 /
+# 118 µs for 512 / 2048 keys on one thread and 16 / 61 on two, where the Numba dot products took 105 /
+# 326 and 66 / 161; the weighted values 21 / 76 and 11 / 40 (NumPy's matmul: 20 / 75 on either).
+#
+# NumPy builds without this symbol (Apple's Accelerate on macOS arm64, a distribution's BLAS) keep the
+# Numba loops (decode_weights_*) and NumPy's matmul.  The symbol is registered with LLVM under a name
+# of our own, so that the cached machine code links to it again in every process.
+
+_SGEMM = "sapient_cpu_cblas_sgemm64"
+
+
+def _find_sgemm():
+    """The address of cblas_sgemm with 64-bit integers in NumPy's own BLAS, or 0."""
+    try:
+        try:
+            from numpy._core import _multiarray_umath as umath
+        except ImportError:                                        # NumPy 1.x
+            from numpy.core import _multiarray_umath as umath
+        lib = ctypes.CDLL(umath.__file__)
+    except (ImportError, OSError):
+        return 0
+    for name in ("scipy_cblas_sgemm64_", "cblas_sgemm64_"):         # NumPy >= 2.0, NumPy 1.x wheels
+        try:
+            return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+        except AttributeError:
+            continue
+    return 0
+
+
+#: The address of NumPy's cblas_sgemm (64-bit integers), or 0 when NumPy's BLAS has none.
+SGEMM_ADDRESS = _find_sgemm()
+if SGEMM_ADDRESS:
+    _llvm.add_symbol(_SGEMM, SGEMM_ADDRESS)
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+#: OpenBLAS runs a product of at most 65536 * 4 multiply-adds on the calling thread (interface/gemm.c:
+#: SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD); every product here stays at or below it.
+_ONE_THREAD_MACS = 262144
+
+
+@intrinsic
+def _sgemm(typingctx, trans_b, m, n, k, alpha, a, ia, lda, b, ib, ldb, beta, c, ic, ldc):
+    """Row-major ``C = alpha A op(B) + beta C`` (op: transpose when trans_b is _TRANS) on float32
+    arrays addressed from their element offsets ia, ib, ic with leading dimensions lda, ldb, ldc."""
+    for arr in (a, b, c):
+        if not (isinstance(arr, types.Array) and arr.dtype == types.float32):
+            return None
+    sig = types.void(trans_b, m, n, k, alpha, a, ia, lda, b, ib, ldb, beta, c, ic, ldc)
+
+    def codegen(context, builder, signature, args):
+        i32, i64, ptr = _ir.IntType(32), _ir.IntType(64), _ir.IntType(8).as_pointer()
+        f32 = _ir.FloatType()
+        fnty = _ir.FunctionType(_ir.VoidType(), [i32, i32, i32, i64, i64, i64, f32, ptr, i64, ptr, i64,
+                                                 f32, ptr, i64])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _SGEMM)
+        tys = signature.args
+
+        def cast(i, ty):
+            return context.cast(builder, args[i], tys[i], ty)
+
+        def at(i):
+            data = context.make_array(tys[i])(context, builder, args[i]).data
+            return builder.bitcast(builder.gep(data, [cast(i + 1, types.int64)]), ptr)
+
+        i = types.int64
+        builder.call(fn, [i32(_ROW_MAJOR), i32(_NO_TRANS), cast(0, types.int32), cast(1, i), cast(2, i),
+                          cast(3, i), cast(4, types.float32), at(5), cast(7, i), at(8), cast(10, i),
+                          cast(11, types.float32), at(12), cast(14, i)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(**_OPTS)
+def _decode_blas_task(q, k, v, nkv, lo, fold, cap, has_cap, kv_mask, has_mask, out, task):
+    # one (batch row, KV head): its G query rows' scores fold * q K^T over keys lo ..., each row's
+    # softmax, then out = weights V.  q, out (B, H, 1, d) C-contiguous, query heads j*G ... (j+1)*G-1
+    # of KV head j; k, v with unit stride along d and no negative stride (see kernels._blas_rows).
+    cap = _F32(cap)
+    b = task // nkv
+    j = task % nkv
+    d = q.shape[3]
+    groups = q.shape[1] // nkv
+    sk = k.shape[2]
+    nk = sk - lo
+    qo = (b * nkv + j) * groups * d
+    ldk = k.strides[2] // 4
+    ldv = v.strides[2] // 4
+    ko = (b * k.strides[0] + j * k.strides[1]) // 4 + lo * ldk
+    vo = (b * v.strides[0] + j * v.strides[1]) // 4 + lo * ldv
+    p = np.empty((groups, nk), np.float32)
+    step = max(8, 1024 // groups)                  # <= ~1200 outputs per scores product
+    for t0 in range(0, nk, step):
+        n = min(step, nk - t0)
+        _sgemm(_TRANS, groups, n, d, fold, q, qo, d, k, ko + t0 * ldk, ldk, 0.0, p, t0, nk)
+    for g in range(groups):
+        _softmax_row(p[g], 0, nk, cap, has_cap, kv_mask, has_mask, b, lo)
+    step = max(8, _ONE_THREAD_MACS // 2 // (groups * d))
+    for t0 in range(0, nk, step):
+        n = min(step, nk - t0)
+        _sgemm(_NO_TRANS, groups, d, n, 1.0, p, t0, nk, v, vo + t0 * ldv, ldv, 0.0 if t0 == 0 else 1.0,
+               out, qo, d)
+
+
+@njit(**_OPTS)
+def decode_blas_serial(q, k, v, nkv, lo, fold, cap, has_cap, kv_mask, has_mask, out):
+    """A decode step with both products in NumPy's BLAS (only when SGEMM_ADDRESS): q and out
+    (B, H, 1, d), k and v (B, nkv, Sk, d), keys lo ... Sk - 1 (then kv_mask); fold (the scale, in log2
+    units or over the softcap) and cap as in softmax_block_*, as Python floats."""
+    for task in range(q.shape[0] * nkv):
+        _decode_blas_task(q, k, v, nkv, lo, fold, cap, has_cap, kv_mask, has_mask, out, task)
+
+
+@njit(parallel=True, **_OPTS)
+def decode_blas_parallel(q, k, v, nkv, lo, fold, cap, has_cap, kv_mask, has_mask, out):
+    for task in prange(q.shape[0] * nkv):
+        _decode_blas_task(q, k, v, nkv, lo, fold, cap, has_cap, kv_mask, has_mask, out, task)
+
+
+@njit(**_OPTS)
+def _prefill_blas_task(q2, k, v, sq, qb, causal, window, cap, has_cap, kv_mask, has_mask, out2, task):
+    # one (batch row, KV head, block of qb queries): q2 and out2 (B, KV, Sq * G, d) in (query, head)
+    # row order, q2 already scaled; the block's rows' scores against the keys some query of it may
+    # see, each row's softmax, then the block's rows of out2, both products in pieces of keys.
+    cap = _F32(cap)
+    nkv = q2.shape[1]
+    groups = q2.shape[2] // sq
+    d = q2.shape[3]
+    sk = k.shape[2]
+    nb = (sq + qb - 1) // qb
+    blk = task % nb
+    j = (task // nb) % nkv
+    b = task // (nb * nkv)
+    i0 = blk * qb
+    i1 = min(sq, i0 + qb)
+    off = sk - sq
+    lo = max(0, i0 + off - window + 1) if window > 0 else 0        # query i0's first key
+    hi = i1 + off if causal else sk                                # query i1 - 1's last key + 1
+    nk = hi - lo
+    rows = (i1 - i0) * groups
+    s = np.empty((rows, nk), np.float32)
+    ro = ((b * nkv + j) * sq + i0) * groups * d
+    ldk = k.strides[2] // 4
+    ldv = v.strides[2] // 4
+    ko = (b * k.strides[0] + j * k.strides[1]) // 4 + lo * ldk
+    vo = (b * v.strides[0] + j * v.strides[1]) // 4 + lo * ldv
+    step = max(16, _ONE_THREAD_MACS // (rows * d))               # keys per product
+    for t0 in range(0, nk, step):
+        n = min(step, nk - t0)
+        _sgemm(_TRANS, rows, n, d, 1.0, q2, ro, d, k, ko + t0 * ldk, ldk, 0.0, s, t0, nk)
+    for r in range(rows):
+        t_lo = 0
+        t_hi = nk
+        if causal:
+            p = i0 + r // groups + off                             # the query's absolute position
+            t_hi = p + 1 - lo
+            if window > 0:
+                t_lo = p - window + 1 - lo
+        _softmax_row(s[r], t_lo, t_hi, cap, has_cap, kv_mask, has_mask, b, lo)
+    for t0 in range(0, nk, step):
+        n = min(step, nk - t0)
+        _sgemm(_NO_TRANS, rows, d, n, 1.0, s, t0, nk, v, vo + t0 * ldv, ldv, 0.0 if t0 == 0 else 1.0,
+               out2, ro, d)
+
+
+@njit(**_OPTS)
+def prefill_blas_serial(q2, k, v, sq, qb, causal, window, cap, has_cap, kv_mask, has_mask, out2):
+    """A prefill with both products in NumPy's BLAS (only when SGEMM_ADDRESS), one task per batch row,
+    KV head and block of ``qb`` queries: q2 and out2 (B, KV, Sq * G, d), rows in (query, head) order,
+    q2 scaled by fold (see kernels); k, v (B, KV, Sk, d); window 0 for none; cap a Python float."""
+    nb = (sq + qb - 1) // qb
+    for task in range(q2.shape[0] * q2.shape[1] * nb):
+        _prefill_blas_task(q2, k, v, sq, qb, causal, window, cap, has_cap, kv_mask, has_mask, out2, task)
+
+
+@njit(parallel=True, **_OPTS)
+def prefill_blas_parallel(q2, k, v, sq, qb, causal, window, cap, has_cap, kv_mask, has_mask, out2):
+    nb = (sq + qb - 1) // qb
+    for task in prange(q2.shape[0] * q2.shape[1] * nb):
+        _prefill_blas_task(q2, k, v, sq, qb, causal, window, cap, has_cap, kv_mask, has_mask, out2, task)

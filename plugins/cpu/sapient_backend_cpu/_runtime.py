@@ -5,6 +5,10 @@ and imports no Numba):
 
 - ``SAPIENT_CPU_FUSED``: ``1`` (default) uses the fused kernels of :mod:`._fused` when Numba imports;
   ``0`` runs the NumPy kernels only.
+- ``SAPIENT_CPU_BLAS_IN_KERNELS``: ``1`` (default) lets a fused kernel call NumPy's own OpenBLAS
+  from its threads (a decode step's attention products), when NumPy's BLAS exports ``cblas_sgemm``
+  with 64-bit integers (NumPy's wheels for Linux, Windows and Intel macOS); ``0``, or a NumPy without
+  it, computes those scores in Numba loops and the weighted values with NumPy's matmul.
 - ``SAPIENT_CPU_THREADS``: the threads a fused kernel may use (an integer >= 1).  Default: the CPUs
   this process may run on (``os.sched_getaffinity``, else ``os.cpu_count()``).  Large inputs only:
   below the per-op sizes in :data:`PARALLEL_MIN` a kernel runs on the calling thread, since waking a
@@ -24,19 +28,15 @@ GOMP_SPINCOUNT (below) keeps the two pools from fighting for the cores.
 With BLAS on two threads as well, it was slower than BLAS's threads plus the parallel softmax: 1456
 against 1285 µs for a 128-token prefill on 2 cores.)
 
-(Why attention gains less from a second thread than torch does, measured on 2 cores: a decode step is
-the parallel weights kernel (KV 2048: 352 µs on 1 thread, 184 on 2) plus one BLAS product of the
-weights with V per KV head, which OpenBLAS does not split at these sizes (75 µs on 1 or 2 threads).
-That serial remainder caps the step at ~1.65x on 2 threads, where torch, four times slower on one
-thread, gains 2x.  The product done in the parallel kernel in Numba loops was 2-3x slower than BLAS
-(KV 2048: 536 instead of 427 µs on 1 thread); calling BLAS from the parallel kernel (np.dot inside
-``prange``, which needs SciPy's cython_blas) kept 1 thread as is and gave 221 instead of 278 µs on
-2 threads, at the price of a SciPy dependency: not taken.  Measured again with the whole decode step
-in one parallel kernel, both products as np.dot inside ``prange`` (SciPy 1.17's OpenBLAS), on 2
-threads: KV 512 96 µs and KV 2048 450 µs with OPENBLAS_NUM_THREADS=2 (two nested BLAS pools), 71 and
-272 µs with 1, against 84 and 264 µs for the current kernels; on 1 thread 138 and 551 against 109 and
-406 µs.  And a long prefill as one block of queries (bigger BLAS products, which OpenBLAS does split):
-1499 µs on 2 threads against 1258 for the 4 blocks used, 2018 against 1547 on 1.)
+(Attention on two threads: with the Numba dot products and NumPy's matmul, a decode step was the
+parallel weights kernel (KV 2048: 352 µs on 1 thread, 184 on 2) plus one BLAS product of the weights
+with V per KV head, which OpenBLAS does not split at these sizes (75 µs on 1 or 2 threads): the step
+gained ~1.65x from a second thread where torch gains ~2x.  Products in Numba loops were 2-3x slower
+than BLAS, and np.dot inside ``prange`` needs SciPy's cython_blas (a second OpenBLAS, whose pool
+nested in Numba's: KV 2048 450 µs on 2 threads).  So the kernels call NumPy's own cblas_sgemm
+(``_fused``, "BLAS inside the kernels"), in pieces that OpenBLAS runs on the calling thread: KV 512 /
+2048 69 / 250 µs on 1 thread and 40 / 133 on 2, against 112 / 416 and 74 / 268 before; a 128-token
+prefill 1454 on 1 and 818 on 2, against 1528 and 1115-1172 (benchmarks/bench_cpu_vs_torch.py).)
 
 (Why add and mul gain less than torch does, [1, 128, 2048] on 2 threads: the parallel kernel alone,
 into an output that already exists, takes 18.8 µs (NumPy's one-thread loop 32.8 µs; waking Numba's
@@ -64,6 +64,9 @@ FUSED = _UNLOADED
 REASON = ""
 #: Threads a parallel kernel may use (resolved on first use).
 THREADS = 0
+#: Whether the fused kernels may call NumPy's BLAS from their threads (resolved on first use; they do
+#: only where ``FUSED.SGEMM_ADDRESS`` is set as well).
+BLAS_IN_KERNELS = True
 #: Element counts from which a kernel runs in parallel (when THREADS > 1), per kind of kernel.
 #: Measured on 2 cores (benchmarks/bench_cpu_vs_torch.py): below these, waking the second thread
 #: (~5-10 µs with Numba's OpenMP pool) costs more than half the kernel.
@@ -78,6 +81,7 @@ _load_lock = threading.Lock()
 _tls = threading.local()
 _fused_setting = None                # None: from the environment; True / False: configure()
 _threads_setting = None
+_blas_setting = None                 # None: from the environment; True / False: configure()
 
 
 def _default_threads():
@@ -102,25 +106,27 @@ def _env_threads():
         return _default_threads()
 
 
-def _want_fused():
-    if _fused_setting is not None:
-        return _fused_setting
-    raw = os.environ.get("SAPIENT_CPU_FUSED", "1").strip().lower()
+def _env_on(name, setting):
+    """A 0/1 switch: ``setting`` when configure() set it, else the environment variable (default 1)."""
+    if setting is not None:
+        return setting
+    raw = os.environ.get(name, "1").strip().lower()
     if raw in ("0", "false", "off", "no"):
         return False
     if raw not in ("1", "true", "on", "yes", ""):
-        logger.warning("SAPIENT_CPU_FUSED=%r is not 0 or 1; using the fused kernels (1)", raw)
+        logger.warning("%s=%r is not 0 or 1; using 1", name, raw)
     return True
 
 
 def load():
     """Resolve the settings and import the fused kernels if they are wanted: the module or None."""
-    global FUSED, REASON, THREADS
+    global FUSED, REASON, THREADS, BLAS_IN_KERNELS
     with _load_lock:
         if FUSED is not _UNLOADED:
             return FUSED
         THREADS = _threads_setting or _env_threads()
-        if not _want_fused():
+        BLAS_IN_KERNELS = _env_on("SAPIENT_CPU_BLAS_IN_KERNELS", _blas_setting)
+        if not _env_on("SAPIENT_CPU_FUSED", _fused_setting):
             REASON = "switched off (SAPIENT_CPU_FUSED=0 or configure(fused=False))"
             FUSED = None
             return None
@@ -180,20 +186,22 @@ def _tame_openmp_spinning():
         os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
 
 
-def configure(*, fused=None, threads=None, parallel_min=None, reset=False):
+def configure(*, fused=None, threads=None, parallel_min=None, blas_in_kernels=None, reset=False):
     """Change the fast-path settings at run time (thread-unsafe: call it while no op runs).
 
     :param fused: True: fused kernels (if Numba imports); False: NumPy kernels only.
     :param threads: threads for the parallel kernels (>= 1).
     :param parallel_min: one element count from which every kind of kernel runs in parallel (0: always,
         for tests), instead of the measured :data:`PARALLEL_MIN`.
+    :param blas_in_kernels: True: the fused kernels may call NumPy's BLAS (where it has cblas_sgemm
+        with 64-bit integers); False: Numba loops and NumPy's matmul instead.
     :param reset: back to the environment's settings and the measured thresholds first.
     :returns: :func:`info` after the change.
     """
-    global FUSED, _fused_setting, _threads_setting
+    global FUSED, _fused_setting, _threads_setting, _blas_setting
     with _load_lock:
         if reset:
-            _fused_setting = _threads_setting = None
+            _fused_setting = _threads_setting = _blas_setting = None
             PARALLEL_MIN.update(_DEFAULT_MIN)
         if fused is not None:
             _fused_setting = bool(fused)
@@ -201,6 +209,8 @@ def configure(*, fused=None, threads=None, parallel_min=None, reset=False):
             if int(threads) < 1:
                 raise ValueError(f"configure: threads must be >= 1, got {threads!r}")
             _threads_setting = int(threads)
+        if blas_in_kernels is not None:
+            _blas_setting = bool(blas_in_kernels)
         if parallel_min is not None:
             for key in PARALLEL_MIN:
                 PARALLEL_MIN[key] = int(parallel_min)
@@ -210,7 +220,9 @@ def configure(*, fused=None, threads=None, parallel_min=None, reset=False):
 
 def info():
     """What runs now: ``{"fused": bool, "reason": str, "threads": int, "threading_layer": str|None,
-    "parallel_min": dict}``."""
+    "blas_in_kernels": bool, "parallel_min": dict}`` (``blas_in_kernels``: the fused kernels call
+    NumPy's BLAS from their threads; False when switched off or when NumPy's BLAS has no 64-bit
+    cblas_sgemm)."""
     fz = fused()
     layer = None
     if fz is not None:
@@ -220,6 +232,7 @@ def info():
         except Exception:  # noqa: BLE001 - no parallel kernel has run yet
             layer = None
     return {"fused": fz is not None, "reason": REASON, "threads": THREADS, "threading_layer": layer,
+            "blas_in_kernels": bool(fz is not None and fz.SGEMM_ADDRESS and BLAS_IN_KERNELS),
             "parallel_min": dict(PARALLEL_MIN)}
 
 

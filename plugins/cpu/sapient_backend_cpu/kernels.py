@@ -56,8 +56,12 @@ The numerical choices, each measured against the float64 oracles:
   visible key gets zero weights, so a zero output (never 0 / 0); masks replace scores by -inf rather
   than add to them, so a NaN in a hidden key never leaks.  Fused prefill works in blocks of queries
   that multiply only the keys they may see (a causal prefill skips ~40% of the products), with a
-  fused masked softmax between two BLAS products; a fused decode step computes its weights (scores,
-  softcap, masks, softmax) in one kernel and its output in one BLAS product.
+  fused masked softmax between two BLAS products.  Where NumPy's BLAS exports a 64-bit cblas_sgemm
+  (its OpenBLAS wheels), the fused kernels call it themselves: one task per (batch row, KV head, block
+  of ~32 query rows) computes its scores, softmax and output, so that both products run on every
+  thread, and K and V are read in place (a KV cache's view is not copied).  Elsewhere a decode step
+  computes its weights (scores, softcap, masks, softmax) in one Numba kernel and its output in one
+  NumPy matmul, and a prefill runs its BLAS products through NumPy's matmul.
 
 NumPy kernels write into their output buffer in place wherever they can (``out=``, ``*=``); the two
 that need scratch space (the exact GELU, layer_norm's sum of squares) work through the input in chunks
@@ -100,6 +104,15 @@ def _f32(x):
     if x.__class__ is _ndarray and x.dtype is _F32:
         return x
     return np.asarray(x, dtype=np.float32)
+
+
+def _blas_rows(x):
+    """A float32 ndarray (B, KV, n, d) as BLAS can read it in place: unit stride along d, rows at least
+    d apart, no negative stride (copied otherwise)."""
+    b, kv, n, d = x.strides
+    if d == 4 and n >= 4 * x.shape[3] and b >= 0 and kv >= 0:
+        return x
+    return np.ascontiguousarray(x)
 
 
 def _f32_flat(x):
@@ -607,12 +620,35 @@ def _attention_fused(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
     b, h, sq, d = q.shape
     sk = k.shape[2]
     g = h // kv
-    fold = _f32c(scale / softcap if softcap is not None else scale * _LOG2E)
-    cap = _f32c(softcap * _LOG2E if softcap is not None else 0.0)
     has_cap = softcap is not None
+    fold = scale / float(softcap) if has_cap else scale * _LOG2E    # scores in log2 units (or / cap)
+    cap = float(softcap) * _LOG2E if has_cap else 0.0
     mask = _NO_MASK if kv_mask is None else np.ascontiguousarray(kv_mask, dtype=bool)
     has_mask = kv_mask is not None
     par = _PAR_MIN["attention"]
+    if fz.SGEMM_ADDRESS and _runtime.BLAS_IN_KERNELS:
+        # Both products in NumPy's BLAS, called from the kernel's tasks (see _fused), so that they
+        # run on every thread; K and V are read in place (a KV cache's view is not copied).
+        kr, vr = _blas_rows(k), _blas_rows(v)
+        if sq == 1:
+            lo = max(0, sk - window) if window is not None else 0
+            out = np.empty((b, h, 1, d), np.float32)
+            args = (_f32_flat(q), kr, vr, kv, lo, fold, cap, has_cap, mask, has_mask, out)
+            if b * h * (sk - lo) * d < par or not _run_parallel(fz.decode_blas_parallel, *args):
+                fz.decode_blas_serial(*args)
+            return out
+        # prefill: q reordered to (query, head) rows and scaled; one task per block of queries whose
+        # rows (~32) multiply only the keys some query of the block may see
+        q2 = np.empty((b, kv, sq, g, d), np.float32)
+        np.multiply(q.reshape(b, kv, g, sq, d).transpose(0, 1, 3, 2, 4), _f32c(fold), out=q2)
+        q2 = q2.reshape(b, kv, sq * g, d)
+        out2 = np.empty((b, kv, sq * g, d), np.float32)
+        qb = max(1, 32 // g)
+        args = (q2, kr, vr, sq, qb, causal, window or 0, cap, has_cap, mask, has_mask, out2)
+        if b * h * sq * sk * d < par or not _run_parallel(fz.prefill_blas_parallel, *args):
+            fz.prefill_blas_serial(*args)
+        return np.ascontiguousarray(out2.reshape(b, kv, sq, g, d).transpose(0, 1, 3, 2, 4)).reshape(b, h, sq, d)
+    fold, cap = _f32c(fold), _f32c(cap)
     if sq == 1:
         # decode: every query sees the same key range; weights from one fused kernel, then one BLAS
         # product per KV head with its group's rows

@@ -3,9 +3,15 @@
 each of the plugin's code paths (fixture ``path``):
 
 - ``numpy``: the NumPy kernels (``SAPIENT_CPU_FUSED=0``);
-- ``fused``: the fused Numba kernels on the calling thread (``SAPIENT_CPU_THREADS=1``);
+- ``fused``: the fused Numba kernels on the calling thread (``SAPIENT_CPU_THREADS=1``), attention with
+  its products in Numba loops and NumPy's matmul (``SAPIENT_CPU_BLAS_IN_KERNELS=0``: what runs where
+  NumPy's BLAS has no 64-bit cblas_sgemm);
 - ``parallel``: the fused kernels' parallel versions, forced for every input size (two threads; with
-  one CPU, Numba runs the same parallel code on one thread).
+  one CPU, Numba runs the same parallel code on one thread), attention with its products in NumPy's
+  BLAS called from the kernels (the default where NumPy has it).
+
+The serial and parallel versions of each kernel compute the same bits (``test_cpu_paths.py``, for
+attention with and without BLAS in the kernels), so these three paths cover all four.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cpu_numpy_blas import NUMPY_HAS_OPENBLAS
 from sapient_backend_cpu import kernels
 
 
@@ -49,7 +56,7 @@ class KernelsWithDefaults:
 
 PATHS = {
     "numpy": dict(fused=False, threads=1),
-    "fused": dict(fused=True, threads=1),
+    "fused": dict(fused=True, threads=1, blas_in_kernels=False),
     "parallel": dict(fused=True, threads=2, parallel_min=0),
 }
 
@@ -58,8 +65,10 @@ PATHS = {
 def path(request):
     """Run the test on one code path (see the module docstring), then restore the defaults."""
     state = kernels.configure(reset=True, **PATHS[request.param])
-    # Numba is a dependency of the plugin: a fused path that silently ran NumPy would test nothing
+    # Numba is a dependency of the plugin: a fused path that silently ran NumPy would test nothing,
+    # and so would a parallel path without the BLAS kernels where NumPy's BLAS is OpenBLAS
     assert state["fused"] == (request.param != "numpy"), state
+    assert state["blas_in_kernels"] == (request.param == "parallel" and NUMPY_HAS_OPENBLAS), state
     yield request.param
     kernels.configure(reset=True)
 

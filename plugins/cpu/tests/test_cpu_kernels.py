@@ -212,6 +212,10 @@ ATTENTION_CASES = {
     "mqa": (1, 8, 1, 6, 20, True),
     "mha": (1, 8, 8, 7, 7, True),
     "non-causal Sq > Sk": (1, 4, 2, 9, 5, False),
+    # long enough that the BLAS kernels multiply in several pieces of keys (see _fused)
+    "long decode": (1, 8, 2, 1, 1100, True),
+    "long prefill": (1, 8, 2, 40, 300, True),
+    "long non-causal": (1, 4, 1, 9, 700, False),
 }
 
 

@@ -13,6 +13,7 @@ import threading
 import numpy as np
 import pytest
 
+from cpu_numpy_blas import NUMPY_HAS_OPENBLAS
 from sapient_backend_cpu import _runtime, kernels
 
 F32 = np.float32
@@ -27,7 +28,9 @@ def _restore():
 def _inputs(rng):
     f = lambda *s: rng.standard_normal(s).astype(F32)  # noqa: E731
     return {"x": f(3, 37, 512) * 3, "w": f(512), "b": f(512), "q": f(2, 8, 37, 32), "q1": f(2, 8, 1, 32),
-            "k": f(2, 2, 40, 32), "v": f(2, 2, 40, 32), "pos": np.arange(3, 40), "mask": rng.random((2, 40)) > 0.2}
+            "k": f(2, 2, 40, 32), "v": f(2, 2, 40, 32), "pos": np.arange(3, 40), "mask": rng.random((2, 40)) > 0.2,
+            "q64": f(2, 8, 40, 64), "kbuf": f(2, 2, 1200, 64), "vbuf": f(2, 2, 1200, 64),
+            "mask700": rng.random((2, 700)) > 0.1}
 
 
 CALLS = {
@@ -45,13 +48,22 @@ CALLS = {
                                                  np.geomspace(1, 1e-4, 12).astype(F32), 1.1),
     "attention decode": lambda a: kernels.gqa_attention(a["q1"], a["k"], a["v"], 2, True, None, 7, 20.0, a["mask"]),
     "attention prefill": lambda a: kernels.gqa_attention(a["q"], a["k"], a["v"], 2, True, 0.3, 9, None, a["mask"]),
+    "attention decode, long cache view": lambda a: kernels.gqa_attention(
+        a["q64"][:, :, -1:], a["kbuf"][:, :, :1100], a["vbuf"][:, :, :1100], 2, True, None, None, 30.0, None),
+    "attention prefill, long cache view": lambda a: kernels.gqa_attention(
+        a["q64"], a["kbuf"][:, :, :700], a["vbuf"][:, :, :700], 2, True, None, 600, None, a["mask700"]),
 }
 
 
-@pytest.mark.parametrize("op", CALLS)
-def test_serial_and_parallel_fused_kernels_agree_bit_for_bit(op):
+def _blas_settings(op):
+    return [True, False] if op.startswith("attention") else [True]
+
+
+@pytest.mark.parametrize("op,blas", [(op, blas) for op in CALLS for blas in _blas_settings(op)])
+def test_serial_and_parallel_fused_kernels_agree_bit_for_bit(op, blas):
     a = _inputs(np.random.default_rng(1))
-    kernels.configure(reset=True, fused=True, threads=1)
+    state = kernels.configure(reset=True, fused=True, threads=1, blas_in_kernels=blas)
+    assert state["blas_in_kernels"] == (blas and NUMPY_HAS_OPENBLAS), state
     serial = CALLS[op](a)
     kernels.configure(threads=2, parallel_min=0)
     parallel = CALLS[op](a)
@@ -146,6 +158,14 @@ def test_switches_from_the_environment(monkeypatch, caplog):
     assert "SAPIENT_CPU_THREADS='lots'" in caplog.text
     monkeypatch.delenv("SAPIENT_CPU_THREADS")
     assert kernels.configure(reset=True)["threads"] == _runtime._default_threads()
+    assert kernels.configure(reset=True)["blas_in_kernels"] is NUMPY_HAS_OPENBLAS
+    monkeypatch.setenv("SAPIENT_CPU_BLAS_IN_KERNELS", "0")
+    assert kernels.configure(reset=True)["blas_in_kernels"] is False
+    monkeypatch.setenv("SAPIENT_CPU_BLAS_IN_KERNELS", "maybe")
+    with caplog.at_level("WARNING", logger="sapient_core"):
+        assert kernels.configure(reset=True)["blas_in_kernels"] is NUMPY_HAS_OPENBLAS
+    assert "SAPIENT_CPU_BLAS_IN_KERNELS='maybe' is not 0 or 1" in caplog.text
+    assert kernels.configure(blas_in_kernels=False)["blas_in_kernels"] is False   # configure() wins
     with pytest.raises(ValueError, match="threads must be >= 1"):
         kernels.configure(threads=0)
 
@@ -186,3 +206,35 @@ def test_openmp_spin_count_is_tamed_unless_the_user_chose(user_env, want):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(want)
+
+
+@pytest.mark.parametrize("blas", [True, False])
+def test_attention_runs_the_kernels_its_settings_name(monkeypatch, blas):
+    """With BLAS in the kernels (where NumPy has it) a decode step and a prefill run decode_blas_* and
+    prefill_blas_*; without, the Numba dot products and NumPy's matmul."""
+    fz = _runtime.fused()
+    state = kernels.configure(reset=True, fused=True, threads=1, blas_in_kernels=blas)
+    calls = []
+    for name in ("decode_blas_serial", "prefill_blas_serial", "decode_weights_serial", "softmax_block_serial"):
+        kernel = getattr(fz, name)
+        monkeypatch.setattr(fz, name, lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
+    a = _inputs(np.random.default_rng(4))
+    CALLS["attention decode"](a)
+    CALLS["attention prefill"](a)
+    if state["blas_in_kernels"]:
+        assert calls == ["decode_blas_serial", "prefill_blas_serial"]
+    else:
+        assert calls[0] == "decode_weights_serial" and set(calls[1:]) == {"softmax_block_serial"}
+    assert state["blas_in_kernels"] == (blas and NUMPY_HAS_OPENBLAS)
+
+
+def test_blas_attention_reads_a_kv_cache_view_in_place():
+    """A KV cache hands attention a view of its longer buffer: BLAS reads it where it lies; a view it
+    cannot read (a reversed or strided head dimension, rows closer than d) is copied first."""
+    buf = np.zeros((2, 2, 300, 64), F32)
+    view = buf[:, :, :257]
+    assert kernels._blas_rows(view) is view
+    for bad in (buf[::-1], buf[:, :, :, ::2], buf[:, :, :, ::-1], np.broadcast_to(buf[:, :, :1], (2, 2, 5, 64))):
+        copy = kernels._blas_rows(bad)
+        assert copy.flags.c_contiguous and np.shares_memory(copy, buf) is False
+        np.testing.assert_array_equal(copy, bad)
