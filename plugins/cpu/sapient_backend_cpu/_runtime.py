@@ -16,7 +16,7 @@ and imports no Numba):
   (``OPENBLAS_NUM_THREADS`` ...) this does not change.
 
 :func:`configure` changes the same settings at run time (the tests use it to run every kernel on
-every path).  :func:`run_parallel` runs a ``parallel=True`` Numba kernel on Numba's thread pool
+every path).  :func:`run_parallel` and :func:`call_parallel` run a ``parallel=True`` Numba kernel on Numba's thread pool
 (OpenMP, TBB or its own workqueue); waking it costs 5-10 µs from sleep, ~1.7 µs while its threads still
 spin after a kernel (see GOMP_SPINCOUNT below).  One parallel kernel runs at a time (a
 second thread calling an op meanwhile runs the serial kernel, so the plugin stays thread-safe with
@@ -38,12 +38,12 @@ nested in Numba's: KV 2048 450 µs on 2 threads).  So the kernels call NumPy's o
 2048 69 / 250 µs on 1 thread and 40 / 133 on 2, against 112 / 416 and 74 / 268 before; a 128-token
 prefill 1454 on 1 and 818 on 2, against 1528 and 1115-1172 (benchmarks/bench_cpu_vs_torch.py).)
 
-(Why add and mul gain less than torch does, [1, 128, 2048] on 2 threads: the parallel kernel alone,
-into an output that already exists, takes 18.8 µs (NumPy's one-thread loop 32.8 µs; waking Numba's
-pool, still spinning in this back-to-back loop, costs ~1.7 µs, measured on 64 elements); a fresh
-output array adds ~1.5 µs and the Python around the kernel ~2 µs, 22.6 µs in all, where torch's whole
-call takes 19.8 µs.  Aligning the output to 64
-bytes saved 0.3 µs but costs 2 µs in Python to allocate.)
+(Why add and mul gain less than torch does, [1, 128, 2048] on 2 threads: the kernel, allocating its
+result itself, takes 20.5-21.7 µs called straight from Python (NumPy's one-thread loop 33-35 µs): a
+flat loop, two halves or 8-32 blocks per call all measured the same, and so did inputs and output
+aligned to 64 bytes.  Launching a Numba parallel loop costs ~1.9 µs (8 empty tasks), and the Python
+from the backend object to the kernel ~1.8 µs: 22.3 µs in all, where torch's whole call takes
+19.9-20.7 µs (its kernel, into an existing output, 19.9-22.0).)
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ import threading
 
 logger = logging.getLogger("sapient_core")
 
-__all__ = ["configure", "info", "fused", "run_parallel", "PARALLEL_MIN"]
+__all__ = ["configure", "info", "fused", "call_parallel", "run_parallel", "PARALLEL_MIN"]
 
 _UNLOADED = object()
 
@@ -149,10 +149,10 @@ def fused():
     return load() if fz is _UNLOADED else fz
 
 
-def run_parallel(kernel, *args):
-    """Run ``kernel(*args)`` (a ``parallel=True`` Numba kernel) on THREADS threads and return True;
-    return False without running it when it must not run in parallel now (one thread configured, a
-    forked child, or another thread's parallel kernel running): the caller then runs the serial one."""
+def _acquire():
+    """True, holding the parallel lock with Numba's pool ready, when a parallel kernel may run now;
+    False when it must not (one thread configured, a forked child, or another thread's parallel
+    kernel running)."""
     global _pool_started
     if THREADS < 2 or not _parallel_ok or not _lock.acquire(blocking=False):
         return False
@@ -164,10 +164,34 @@ def run_parallel(kernel, *args):
             import numba
             numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
             _tls.threads = THREADS
+    except BaseException:
+        _lock.release()
+        raise
+    return True
+
+
+def run_parallel(kernel, *args):
+    """Run ``kernel(*args)`` (a ``parallel=True`` Numba kernel that writes into its arguments) on
+    THREADS threads and return True; return False without running it when it must not run in
+    parallel now (see :func:`_acquire`): the caller then runs the serial one."""
+    if not _acquire():
+        return False
+    try:
         kernel(*args)
     finally:
         _lock.release()
     return True
+
+
+def call_parallel(kernel, *args):
+    """``kernel(*args)`` (a ``parallel=True`` Numba kernel that returns an array) on THREADS threads,
+    or None without running it when it must not run in parallel now."""
+    if not _acquire():
+        return None
+    try:
+        return kernel(*args)
+    finally:
+        _lock.release()
 
 
 #: GNU OpenMP's spin count for Numba's pool, unless the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT.

@@ -80,6 +80,7 @@ from ._runtime import configure, info
 
 _fused = _runtime.fused
 _run_parallel = _runtime.run_parallel
+_call_parallel = _runtime.call_parallel
 _PAR_MIN = _runtime.PARALLEL_MIN
 
 __all__ = [
@@ -420,9 +421,9 @@ def gelu(x, approximate):
 
 # --- elementwise -------------------------------------------------------------------------------------
 
-def _binary_parallel(a, b, flat, rows):
-    """A parallel fused add or mul (``flat`` for operands of one shape, ``rows`` for a trailing row
-    (D,) broadcast over the other operand) into a new array; None when the shapes or layouts do not
+def _binary_parallel(a, b, same, rows):
+    """A parallel fused add or mul (``same`` for operands of one shape, ``rows`` for a trailing row
+    (D,) broadcast over the other operand), as a new array; None when the shapes or layouts do not
     allow it, or when no parallel kernel may run now (one thread ...): the caller then runs NumPy's
     own loop.  Either operand may be the big one (a + b == b + a and a * b == b * a exactly in IEEE
     arithmetic).  Kept lean: at [1, 128, 2048] on 2 threads the kernel takes ~20 µs, and each µs of
@@ -430,10 +431,9 @@ def _binary_parallel(a, b, flat, rows):
     if _runtime.THREADS < 2:
         return None
     if a.shape == b.shape:
-        if not (a.flags.c_contiguous and b.flags.c_contiguous):
-            return None
-        out = np.empty(a.shape, np.float32)
-        return out if _run_parallel(flat, a.reshape(-1), b.reshape(-1), out.reshape(-1)) else None
+        if a.flags.c_contiguous and b.flags.c_contiguous:
+            return _call_parallel(same, a, b)
+        return None
     if a.size < b.size:
         a, b = b, a
     if a.ndim == 0 or b.ndim > a.ndim or not a.flags.c_contiguous or not b.flags.c_contiguous:
@@ -441,8 +441,8 @@ def _binary_parallel(a, b, flat, rows):
     d = a.shape[-1]
     if b.ndim < 1 or b.size != d or b.shape[-1] != d:
         return None
-    out = np.empty(a.shape, np.float32)
-    return out if _run_parallel(rows, a.reshape(-1, d), b.reshape(1, d), out.reshape(-1, d)) else None
+    r = _call_parallel(rows, a.reshape(-1, d), b.reshape(d))
+    return None if r is None else r.reshape(a.shape)
 
 
 def add(a, b):
@@ -451,7 +451,7 @@ def add(a, b):
     if a.size >= _PAR_MIN["elementwise"] or b.size >= _PAR_MIN["elementwise"]:
         fz = _fused()
         if fz is not None:
-            r = _binary_parallel(a, b, fz.add_flat_parallel, fz.add_parallel)
+            r = _binary_parallel(a, b, fz.add_same_parallel, fz.add_rows_parallel)
             if r is not None:
                 return r
     r = np.add(a, b)              # one thread: NumPy's own loop is as fast as a fused one
@@ -464,7 +464,7 @@ def mul(a, b):
     if a.size >= _PAR_MIN["elementwise"] or b.size >= _PAR_MIN["elementwise"]:
         fz = _fused()
         if fz is not None:
-            r = _binary_parallel(a, b, fz.mul_flat_parallel, fz.mul_parallel)
+            r = _binary_parallel(a, b, fz.mul_same_parallel, fz.mul_rows_parallel)
             if r is not None:
                 return r
     r = np.multiply(a, b)
