@@ -619,7 +619,14 @@ class OpMethods:
         :param table: (V, D) float32 (float16 / bfloat16 accepted).
         :returns: (B, S, D) float32.
         """
-        check_embedding(ids, table)
+        try:  # the fast path of validate.check_embedding, inlined
+            ts = table.shape
+            few = ids.ravel().tolist() if ids.__class__ is _ndarray and ids.ndim == 2 and (0 < ids.size <= 64) else None
+            ok = few and ids.dtype.kind in 'iu' and (table.__class__ is _ndarray or table.__class__ in _ARRAY_TYPES) and (table.dtype is _F32 or table.dtype in _F32S) and (len(ts) == 2) and (min(few) >= 0) and (max(few) < ts[0])
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_embedding(ids, table)
         r = self._r_embedding
         r.calls += 1
         if r.trusted:
@@ -924,7 +931,14 @@ def _trusted_embedding(r: _Route) -> Callable[..., Any]:
     impl = r.impl
 
     def embedding(ids: Array, table: Array) -> Array:
-        check_embedding(ids, table)
+        try:  # the fast path of validate.check_embedding, inlined
+            ts = table.shape
+            few = ids.ravel().tolist() if ids.__class__ is _ndarray and ids.ndim == 2 and (0 < ids.size <= 64) else None
+            ok = few and ids.dtype.kind in 'iu' and (table.__class__ is _ndarray or table.__class__ in _ARRAY_TYPES) and (table.dtype is _F32 or table.dtype in _F32S) and (len(ts) == 2) and (min(few) >= 0) and (max(few) < ts[0])
+        except (AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            check_embedding(ids, table)
         r.calls += 1
         return impl(ids, table)
 

@@ -8,8 +8,8 @@ RoPE checks, which return the positions as an integer array (lists and ranges ar
 (``mx.array`` included); ``check_embedding`` alone also reads values (the ids, brought to the host, are
 range-checked).  They are on the hot path: keep them to attribute reads and comparisons.
 
-Each check but ``check_embedding`` starts with a fast path: one expression that accepts the common case
-(float32 arrays whose shapes fit) and returns; anything else (float16, a wrong shape, a non-array ...)
+Each check starts with a fast path: one expression that accepts the common case (float32 arrays whose
+shapes fit; for ``check_embedding``, at most 64 NumPy integer ids within the vocabulary) and returns; anything else (float16, a wrong shape, a non-array ...)
 goes through the full check, which raises the error or accepts.  The fast path may only accept what the full check accepts
 (tests/test_core_backend.py checks both on the same inputs).  The op methods carry a copy of each
 fast path (``python -m sapient_core._codegen`` writes it into ``_ops.py``): its form is fixed, a
@@ -574,6 +574,15 @@ def check_all_logits_from_hidden(hidden: Any, lm_head: Any, softcap: Any = None)
 # --- embedding ---------------------------------------------------------------------------------------
 
 def check_embedding(ids: Any, table: Any) -> None:
+    try:
+        ts = table.shape
+        few = ids.ravel().tolist() if ids.__class__ is _ndarray and ids.ndim == 2 and 0 < ids.size <= 64 else None
+        if (few and ids.dtype.kind in "iu" and (table.__class__ is _ndarray or table.__class__ in _ARRAY_TYPES)
+                and (table.dtype is _F32 or table.dtype in _F32S) and len(ts) == 2
+                and min(few) >= 0 and max(few) < ts[0]):
+            return
+    except (AttributeError, TypeError, ValueError):
+        pass
     op = "embedding"
     arrays = {"ids": ids, "table": table}
     if not is_array(ids):

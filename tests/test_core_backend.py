@@ -676,6 +676,12 @@ def test_a_v1_plugin_runs_v1_calls_and_never_sees_a_v2_argument(caplog):
      r"^embedding: id 3 at \(0, 0\) is outside the vocabulary \[0, 3\) of table \(ids \(3, 40\), table \(3, 2\)\)$"),
     (lambda b, a: b.embedding(np.array([[0.0]]), np.zeros((4, 2), np.float32)), DTypeError,
      r"^embedding: ids must have an integer dtype, got float64"),
+    (lambda b, a: b.embedding(np.array([[1, 4]]), np.zeros((4, 2), np.float32)), ArgumentError,   # the fast path's
+     r"^embedding: id 4 at \(0, 1\) is outside the vocabulary \[0, 4\) of table \(ids \(1, 2\), table \(4, 2\)\)$"),
+    (lambda b, a: b.embedding(np.array([[True]]), np.zeros((4, 2), np.float32)), DTypeError,      # upper bound; bool
+     r"^embedding: ids must have an integer dtype, got bool"),
+    (lambda b, a: b.embedding(np.array([1, 2]), np.zeros((4, 2), np.float32)), ShapeError,
+     r"^embedding: ids must be 2-D \(B, S\), got 1-D"),
 ])
 def test_v2_validation_messages_are_the_same_everywhere(call, error, message):
     a = valid_args("gqa_attention")

@@ -110,10 +110,10 @@ def test_the_generated_op_methods_are_up_to_date():
 
 
 def test_the_fast_paths_are_inlined_from_validate_and_odd_ones_are_refused():
-    """Every check but embedding's has a fast path, and the methods carry a copy of it taken from
-    validate.py's source; a fast path the generator cannot copy faithfully stops it with the reason."""
+    """Every check has a fast path, and the methods carry a copy of it taken from validate.py's
+    source; a fast path the generator cannot copy faithfully stops it with the reason."""
     fast = _codegen.fast_paths()
-    assert set(fast) == {spec.check_name for spec in hookspecs.OPS.values()} - {"check_embedding"}
+    assert set(fast) == {spec.check_name for spec in hookspecs.OPS.values()}
     source = Path(_codegen.TARGET).read_text(encoding="utf-8")
     assert source.count("ok = " + fast["check_rms_norm"].test) == 2      # the method and the trusted closure
     head = "def check_x(x):\n    try:\n"
