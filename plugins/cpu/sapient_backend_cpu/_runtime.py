@@ -5,10 +5,10 @@ and imports no Numba):
 
 - ``SAPIENT_CPU_FUSED``: ``1`` (default) uses the fused kernels of :mod:`._fused` when Numba imports;
   ``0`` runs the NumPy kernels only.
-- ``SAPIENT_CPU_BLAS_IN_KERNELS``: ``1`` (default) lets a fused kernel call NumPy's own OpenBLAS
-  from its threads (a decode step's attention products), when NumPy's BLAS exports ``cblas_sgemm``
-  with 64-bit integers (NumPy's wheels for Linux, Windows and Intel macOS); ``0``, or a NumPy without
-  it, computes those scores in Numba loops and the weighted values with NumPy's matmul.
+- ``SAPIENT_CPU_BLAS_IN_KERNELS``: ``1`` (default) lets the fused attention call NumPy's own
+  OpenBLAS from its threads (its two products, in decode and prefill), where NumPy's BLAS exports
+  ``cblas_sgemm`` with 64-bit integers (NumPy's OpenBLAS wheels); ``0``, or a NumPy without it: a
+  decode step's scores in Numba loops, every other product through NumPy's matmul.
 - ``SAPIENT_CPU_THREADS``: the threads a fused kernel may use (an integer >= 1).  Default: the CPUs
   this process may run on (``os.sched_getaffinity``, else ``os.cpu_count()``).  Large inputs only:
   below the per-op sizes in :data:`PARALLEL_MIN` a kernel runs on the calling thread, since waking a
@@ -16,9 +16,9 @@ and imports no Numba):
   (``OPENBLAS_NUM_THREADS`` ...) this does not change.
 
 :func:`configure` changes the same settings at run time (the tests use it to run every kernel on
-every path).  :func:`run_parallel` and :func:`call_parallel` run a ``parallel=True`` Numba kernel on Numba's thread pool
-(OpenMP, TBB or its own workqueue); waking it costs 5-10 µs from sleep, ~1.7 µs while its threads still
-spin after a kernel (see GOMP_SPINCOUNT below).  One parallel kernel runs at a time (a
+every path).  :func:`run_parallel` and :func:`call_parallel` run a ``parallel=True`` Numba kernel on
+Numba's thread pool (OpenMP, TBB or its own workqueue); waking it costs 5-10 µs from sleep, ~1.7 µs
+while its threads still spin after a kernel (see GOMP_SPINCOUNT below).  One parallel kernel runs at a time (a
 second thread calling an op meanwhile runs the serial kernel, so the plugin stays thread-safe with
 every Numba threading layer), and none runs in a child process forked after the pool started (GNU
 OpenMP is not fork-safe): the child uses the serial kernels.  Matrix products run on BLAS's threads;

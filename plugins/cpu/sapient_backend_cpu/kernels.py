@@ -637,17 +637,13 @@ def _attention_fused(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
             if b * h * (sk - lo) * d < par or not _run_parallel(fz.decode_blas_parallel, *args):
                 fz.decode_blas_serial(*args)
             return out
-        # prefill: q reordered to (query, head) rows and scaled; one task per block of queries whose
-        # rows (~32) multiply only the keys some query of the block may see
-        q2 = np.empty((b, kv, sq, g, d), np.float32)
-        np.multiply(q.reshape(b, kv, g, sq, d).transpose(0, 1, 3, 2, 4), _f32c(fold), out=q2)
-        q2 = q2.reshape(b, kv, sq * g, d)
-        out2 = np.empty((b, kv, sq * g, d), np.float32)
-        qb = max(1, 32 // g)
-        args = (q2, kr, vr, sq, qb, causal, window or 0, cap, has_cap, mask, has_mask, out2)
+        # prefill: one task per block of queries whose rows (~32) multiply only the keys some query
+        # of the block may see
+        q2, out2 = _query_rows(q, kv, _f32c(fold))
+        args = (q2, kr, vr, sq, max(1, 32 // g), causal, window or 0, cap, has_cap, mask, has_mask, out2)
         if b * h * sq * sk * d < par or not _run_parallel(fz.prefill_blas_parallel, *args):
             fz.prefill_blas_serial(*args)
-        return np.ascontiguousarray(out2.reshape(b, kv, sq, g, d).transpose(0, 1, 3, 2, 4)).reshape(b, h, sq, d)
+        return _head_order(out2, h, sq)
     fold, cap = _f32c(fold), _f32c(cap)
     if sq == 1:
         # decode: every query sees the same key range; weights from one fused kernel, then one BLAS
@@ -659,13 +655,10 @@ def _attention_fused(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
         if b * h * (sk - lo) * d < par or not _run_parallel(fz.decode_weights_parallel, *args):
             fz.decode_weights_serial(*args)
         return np.matmul(p, v[:, :, lo:]).reshape(b, h, 1, d)
-    # prefill: q reordered to (query, head) rows so that a block of queries is a block of rows; each
-    # block multiplies only the keys some query of it may see (a causal prefill skips ~40% of the
-    # products), its scores become weights in place, and its output rows are one more product.
-    q2 = np.empty((b, kv, sq, g, d), np.float32)
-    np.multiply(q.reshape(b, kv, g, sq, d).transpose(0, 1, 3, 2, 4), fold, out=q2)
-    q2 = q2.reshape(b, kv, sq * g, d)
-    out2 = np.empty((b, kv, sq * g, d), np.float32)
+    # prefill: each block of queries multiplies only the keys some query of it may see (a causal
+    # prefill skips ~40% of the products), its scores become weights in place, and its output rows
+    # are one more product.
+    q2, out2 = _query_rows(q, kv, fold)
     kt = k.transpose(0, 1, 3, 2)
     off = sk - sq
     qb = sq if not causal else max(32, -(-sq // 8))   # at most 8 query blocks of >= 32 queries
@@ -688,7 +681,24 @@ def _attention_fused(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
                 fz.softmax_block_serial(*args)
         for (i0, i1, lo, hi), s in zip(group, scores):
             np.matmul(s, v[:, :, lo:hi], out=out2[:, :, i0 * g:i1 * g])
-    return np.ascontiguousarray(out2.reshape(b, kv, sq, g, d).transpose(0, 1, 3, 2, 4)).reshape(b, h, sq, d)
+    return _head_order(out2, h, sq)
+
+
+def _query_rows(q, kv, fold):
+    """A prefill's q (B, H, Sq, d) times ``fold`` reordered to (B, KV, Sq * G, d) rows in (query, head)
+    order, so that a block of queries is a block of rows against its KV head; and an output of that
+    layout to fill."""
+    b, h, sq, d = q.shape
+    g = h // kv
+    q2 = np.empty((b, kv, sq, g, d), np.float32)
+    np.multiply(q.reshape(b, kv, g, sq, d).transpose(0, 1, 3, 2, 4), fold, out=q2)
+    return q2.reshape(b, kv, sq * g, d), np.empty((b, kv, sq * g, d), np.float32)
+
+
+def _head_order(out2, h, sq):
+    """(B, KV, Sq * G, d) rows in (query, head) order back to (B, H, Sq, d)."""
+    b, kv, _, d = out2.shape
+    return np.ascontiguousarray(out2.reshape(b, kv, sq, h // kv, d).transpose(0, 1, 3, 2, 4)).reshape(b, h, sq, d)
 
 
 #: The most bytes of attention scores a prefill keeps at once, unless one block alone needs more.
