@@ -99,8 +99,9 @@ def test_a_prefill_gives_the_same_result_in_any_grouping_of_its_query_blocks(mon
 
 
 def test_concurrent_calls_from_several_threads_are_safe_and_exact():
-    """Eight Python threads hammer the ops with the parallel kernels forced: each result equals the
-    serial one (a thread that finds a parallel kernel running runs the serial kernel instead)."""
+    """Eight Python threads hammer the ops with the parallel kernels forced, and a ninth NumPy's BLAS:
+    each result equals the serial one (a thread that finds a parallel kernel running runs the serial
+    kernel instead; the attention kernels' own BLAS calls share NumPy's OpenBLAS)."""
     a = _inputs(np.random.default_rng(2))
     kernels.configure(reset=True, fused=True, threads=1)
     want = {op: f(a) for op, f in CALLS.items()}
@@ -115,7 +116,17 @@ def test_concurrent_calls_from_several_threads_are_safe_and_exact():
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
+    big = np.random.default_rng(5).standard_normal((256, 256)).astype(F32)
+    big_want = big @ big
+
+    def matmul_worker():            # NumPy's own (threaded) OpenBLAS calls meanwhile, as an engine makes
+        try:
+            for _ in range(200):
+                np.testing.assert_array_equal(big @ big, big_want)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)] + [threading.Thread(target=matmul_worker)]
     for t in threads:
         t.start()
     for t in threads:
