@@ -333,9 +333,11 @@ def rope_parallel(x, cos, sin, out):
 
 # --- attention ----------------------------------------------------------------------------------------
 # The matrix products run in NumPy's BLAS (register-tiled: a Numba loop nest reached a quarter of its
-# speed for Q K^T at prefill); Numba does what BLAS cannot fuse: the masked, soft-capped softmax of each
-# score row, in place, and for a decode step also the scores themselves (one query per head: a dot
-# product per key, 2.3x faster here than NumPy's matmul against the transposed K view).
+# speed for Q K^T at prefill), called from the kernels where NumPy's BLAS allows it (see "BLAS inside
+# the kernels" below) and through NumPy's matmul elsewhere; Numba does what BLAS cannot fuse: the
+# masked, soft-capped softmax of each score row, in place, and, without BLAS inside the kernels, a
+# decode step's scores themselves (one query per head: a dot product per key, 2.3x faster here than
+# NumPy's matmul against the transposed K view).
 # Scores are in log2 units: q carries scale * log2(e) (or scale / c with a softcap c, and the capped
 # score is multiplied by c log2(e)), so the softmax is exp2(s - max).  A row with no visible key gives
 # zero weights (so a zero output row), never 0 / 0.
@@ -454,14 +456,17 @@ def _block_row(s, row, sq, sk, i0, groups, key0, causal, window, cap, has_cap, k
     b = row // (nkv * rows)
     r = row % rows
     j = (row // rows) % nkv
-    p = i0 + r // groups + sk - sq                    # the query's absolute position
-    t_lo = 0
-    t_hi = s.shape[3]
-    if causal:
-        t_hi = p + 1 - key0
-        if window > 0:
-            t_lo = p - window + 1 - key0
+    t_lo, t_hi = _visible(i0 + r // groups + sk - sq, key0, s.shape[3], causal, window)
     _softmax_row(s[b, j, r], t_lo, t_hi, cap, has_cap, kv_mask, has_mask, b, key0)
+
+
+@njit(**_OPTS)
+def _visible(p, key0, nk, causal, window):
+    """The local range [t_lo, t_hi) of the nk keys key0 ... that the query at absolute position p may
+    see (window 0: no window); _softmax_row clips it to [0, nk)."""
+    if not causal:
+        return 0, nk
+    return (p - window + 1 - key0 if window > 0 else 0), p + 1 - key0
 
 
 @njit(**_OPTS)
@@ -603,6 +608,38 @@ def _sgemm(typingctx, trans_b, m, n, k, alpha, a, ia, lda, b, ib, ldb, beta, c, 
 
 
 @njit(**_OPTS)
+def _head_rows(x, b, j, t):
+    """Element offset of row t of head j of batch row b in x (B, KV, n, d), and x's row stride."""
+    ld = x.strides[2] // 4
+    return (b * x.strides[0] + j * x.strides[1]) // 4 + t * ld, ld
+
+
+@njit(**_OPTS)
+def _scores(alpha, q, qo, k, b, j, lo, s, step):
+    """s (rows, nk) = alpha * (rows of q from element qo) K^T, K the keys lo ... lo + nk - 1 of head j
+    of batch row b in k, in products of at most ``step`` keys."""
+    rows, nk = s.shape
+    d = k.shape[3]
+    ko, ldk = _head_rows(k, b, j, lo)
+    for t0 in range(0, nk, step):
+        n = min(step, nk - t0)
+        _sgemm(_TRANS, rows, n, d, alpha, q, qo, d, k, ko + t0 * ldk, ldk, 0.0, s, t0, nk)
+
+
+@njit(**_OPTS)
+def _weighted_values(w, v, b, j, lo, out, oo, step):
+    """The rows of out from element oo = w (rows, nk) V, V the values lo ... lo + nk - 1 of head j of
+    batch row b in v, summed over products of at most ``step`` keys."""
+    rows, nk = w.shape
+    d = v.shape[3]
+    vo, ldv = _head_rows(v, b, j, lo)
+    for t0 in range(0, nk, step):
+        n = min(step, nk - t0)
+        _sgemm(_NO_TRANS, rows, d, n, 1.0, w, t0, nk, v, vo + t0 * ldv, ldv, 0.0 if t0 == 0 else 1.0,
+               out, oo, d)
+
+
+@njit(**_OPTS)
 def _decode_blas_task(q, k, v, nkv, lo, fold, cap, has_cap, kv_mask, has_mask, out, task):
     # one (batch row, KV head): its G query rows' scores fold * q K^T over keys lo ..., each row's
     # softmax, then out = weights V.  q, out (B, H, 1, d) C-contiguous, query heads j*G ... (j+1)*G-1
@@ -612,25 +649,13 @@ def _decode_blas_task(q, k, v, nkv, lo, fold, cap, has_cap, kv_mask, has_mask, o
     j = task % nkv
     d = q.shape[3]
     groups = q.shape[1] // nkv
-    sk = k.shape[2]
-    nk = sk - lo
+    nk = k.shape[2] - lo
     qo = (b * nkv + j) * groups * d
-    ldk = k.strides[2] // 4
-    ldv = v.strides[2] // 4
-    ko = (b * k.strides[0] + j * k.strides[1]) // 4 + lo * ldk
-    vo = (b * v.strides[0] + j * v.strides[1]) // 4 + lo * ldv
     p = np.empty((groups, nk), np.float32)
-    step = max(8, 1024 // groups)                  # <= ~1200 outputs per scores product
-    for t0 in range(0, nk, step):
-        n = min(step, nk - t0)
-        _sgemm(_TRANS, groups, n, d, fold, q, qo, d, k, ko + t0 * ldk, ldk, 0.0, p, t0, nk)
+    _scores(fold, q, qo, k, b, j, lo, p, max(8, 1024 // groups))    # <= ~1200 outputs a piece
     for g in range(groups):
         _softmax_row(p[g], 0, nk, cap, has_cap, kv_mask, has_mask, b, lo)
-    step = max(8, _ONE_THREAD_MACS // 2 // (groups * d))
-    for t0 in range(0, nk, step):
-        n = min(step, nk - t0)
-        _sgemm(_NO_TRANS, groups, d, n, 1.0, p, t0, nk, v, vo + t0 * ldv, ldv, 0.0 if t0 == 0 else 1.0,
-               out, qo, d)
+    _weighted_values(p, v, b, j, lo, out, qo, max(8, _ONE_THREAD_MACS // 2 // (groups * d)))
 
 
 @njit(**_OPTS)
@@ -671,27 +696,12 @@ def _prefill_blas_task(q2, k, v, sq, qb, causal, window, cap, has_cap, kv_mask, 
     rows = (i1 - i0) * groups
     s = np.empty((rows, nk), np.float32)
     ro = ((b * nkv + j) * sq + i0) * groups * d
-    ldk = k.strides[2] // 4
-    ldv = v.strides[2] // 4
-    ko = (b * k.strides[0] + j * k.strides[1]) // 4 + lo * ldk
-    vo = (b * v.strides[0] + j * v.strides[1]) // 4 + lo * ldv
     step = max(16, _ONE_THREAD_MACS // (rows * d))               # keys per product
-    for t0 in range(0, nk, step):
-        n = min(step, nk - t0)
-        _sgemm(_TRANS, rows, n, d, 1.0, q2, ro, d, k, ko + t0 * ldk, ldk, 0.0, s, t0, nk)
+    _scores(1.0, q2, ro, k, b, j, lo, s, step)
     for r in range(rows):
-        t_lo = 0
-        t_hi = nk
-        if causal:
-            p = i0 + r // groups + off                             # the query's absolute position
-            t_hi = p + 1 - lo
-            if window > 0:
-                t_lo = p - window + 1 - lo
+        t_lo, t_hi = _visible(i0 + r // groups + off, lo, nk, causal, window)
         _softmax_row(s[r], t_lo, t_hi, cap, has_cap, kv_mask, has_mask, b, lo)
-    for t0 in range(0, nk, step):
-        n = min(step, nk - t0)
-        _sgemm(_NO_TRANS, rows, d, n, 1.0, s, t0, nk, v, vo + t0 * ldv, ldv, 0.0 if t0 == 0 else 1.0,
-               out2, ro, d)
+    _weighted_values(s, v, b, j, lo, out2, ro, step)
 
 
 @njit(**_OPTS)
