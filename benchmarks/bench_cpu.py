@@ -212,7 +212,7 @@ def overhead_table(be, quick):
     from sapient_core import OPS
     for op, args in cases.items():
         direct, via_backend, check = getattr(kernels, op), getattr(be, op), CHECKS[op]
-        kargs = args + tuple(arg.default for arg in OPS[op].args[len(args):])   # the kernels take every argument
+        kargs = OPS[op].with_defaults(args)   # the kernels take every argument
         t_k, t_b, t_c = [], [], []
         for _ in range(3 if quick else 7):
             t_k.append(timeit.timeit(lambda: direct(*kargs), number=n) / n)

@@ -90,7 +90,7 @@ def main() -> None:
     from sapient_core import OPS
     overhead = {}
     for op, a in cases().items():
-        a = a + tuple(arg.default for arg in OPS[op].args[len(a):])   # the kernels take every argument
+        a = OPS[op].with_defaults(a)   # the kernels take every argument
         direct, via_cpu, via_checked = getattr(kernels, op), getattr(cpu, op), getattr(checked, op)
         t = {"k": [], "c": [], "x": []}
         for _ in range(rounds):

@@ -20,7 +20,10 @@ there makes this file stale, and tests/test_core_meta.py fails until it is regen
 Then it counts the call, and:
 
 - ``route.trusted`` (the CPU reference, or an op the plugin does not implement and the reference
-  serves): call the implementation and return;
+  serves): call the implementation and return.  :class:`Backend` serves these through
+  ``_trusted_<op>(route)`` (listed in ``TRUSTED``), the same check, count and call as a closure it sets
+  on the instance, so a call skips the route lookup and the branches; the method's branch remains for
+  calls through the class (``Backend.rms_norm(backend, ...)``);
 - ``route.divert`` set (an implementation built for an earlier hook API, cross-check mode ...): hand
   the call to the backend's general path, :meth:`Backend._divert`;
 - otherwise call the plugin's implementation (under the plugin's lock when it is not thread-safe);
@@ -184,6 +187,8 @@ def _trusted(spec: OpSpec, fast: FastPath | None) -> list[str]:
     ignore = "  # type: ignore[no-any-return]" if spec.numpy_result else ""
     lines += ["        r.calls += 1", f"        return impl({call}){ignore}",
               "",
+              f'    {spec.name}.__qualname__ = "Backend.{spec.name}"',
+              f"    {spec.name}.__doc__ = OpMethods.{spec.name}.__doc__",
               f"    return {spec.name}", "", ""]
     return lines
 
@@ -225,11 +230,11 @@ def generate() -> str:
     checks = sorted(spec.check_name for spec in OPS.values())
     imports = "\n".join(f"    {name}," for name in checks)
     fast = fast_paths()
-    names = {"_F32", "_F32S"}.union(*(f.names for f in fast.values())) - set(checks) - {"_ndarray"}
-    unknown = names - set(dir(builtins)) - _validate_globals()
+    names = {"_F32", "_F32S"}.union(*(f.names for f in fast.values())) - set(dir(builtins)) - {"_ndarray"}
+    unknown = names - _validate_globals()
     if unknown:
         raise ValueError(f"the fast paths read {sorted(unknown)}, which validate.py does not define")
-    fast_imports = "\n".join(f"    {name}," for name in sorted(names - set(dir(builtins))))
+    fast_imports = "\n".join(f"    {name}," for name in sorted(names))
     out = [HEADER.format(imports=imports, fast_imports=fast_imports)]
     out += [f"    _r_{name}: _Route" for name in OPS]
     out.append("")

@@ -666,6 +666,8 @@ def _trusted_linear_3d(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(x, weight)
 
+    linear_3d.__qualname__ = "Backend.linear_3d"
+    linear_3d.__doc__ = OpMethods.linear_3d.__doc__
     return linear_3d
 
 
@@ -685,6 +687,8 @@ def _trusted_linear_3d_bias(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(x, weight, bias)
 
+    linear_3d_bias.__qualname__ = "Backend.linear_3d_bias"
+    linear_3d_bias.__doc__ = OpMethods.linear_3d_bias.__doc__
     return linear_3d_bias
 
 
@@ -703,6 +707,8 @@ def _trusted_rms_norm(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(x, weight, eps)
 
+    rms_norm.__qualname__ = "Backend.rms_norm"
+    rms_norm.__doc__ = OpMethods.rms_norm.__doc__
     return rms_norm
 
 
@@ -721,6 +727,8 @@ def _trusted_layer_norm(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(x, weight, bias, eps)
 
+    layer_norm.__qualname__ = "Backend.layer_norm"
+    layer_norm.__doc__ = OpMethods.layer_norm.__doc__
     return layer_norm
 
 
@@ -738,6 +746,8 @@ def _trusted_silu(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(x)
 
+    silu.__qualname__ = "Backend.silu"
+    silu.__doc__ = OpMethods.silu.__doc__
     return silu
 
 
@@ -755,6 +765,8 @@ def _trusted_gelu(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(x, approximate)
 
+    gelu.__qualname__ = "Backend.gelu"
+    gelu.__doc__ = OpMethods.gelu.__doc__
     return gelu
 
 
@@ -774,6 +786,8 @@ def _trusted_add(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(a, b)
 
+    add.__qualname__ = "Backend.add"
+    add.__doc__ = OpMethods.add.__doc__
     return add
 
 
@@ -793,6 +807,8 @@ def _trusted_mul(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(a, b)
 
+    mul.__qualname__ = "Backend.mul"
+    mul.__doc__ = OpMethods.mul.__doc__
     return mul
 
 
@@ -811,6 +827,8 @@ def _trusted_apply_rope_positions(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(x, positions, base)
 
+    apply_rope_positions.__qualname__ = "Backend.apply_rope_positions"
+    apply_rope_positions.__doc__ = OpMethods.apply_rope_positions.__doc__
     return apply_rope_positions
 
 
@@ -829,6 +847,8 @@ def _trusted_apply_rope_partial(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(x, positions, base, rotary_dim)
 
+    apply_rope_partial.__qualname__ = "Backend.apply_rope_partial"
+    apply_rope_partial.__doc__ = OpMethods.apply_rope_partial.__doc__
     return apply_rope_partial
 
 
@@ -848,6 +868,8 @@ def _trusted_apply_rope(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(x, positions, inv_freq, attention_scaling)
 
+    apply_rope.__qualname__ = "Backend.apply_rope"
+    apply_rope.__doc__ = OpMethods.apply_rope.__doc__
     return apply_rope
 
 
@@ -877,6 +899,8 @@ def _trusted_gqa_attention(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, kv_mask)
 
+    gqa_attention.__qualname__ = "Backend.gqa_attention"
+    gqa_attention.__doc__ = OpMethods.gqa_attention.__doc__
     return gqa_attention
 
 
@@ -900,6 +924,8 @@ def _trusted_logits_from_hidden(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(hidden, lm_head, softcap)  # type: ignore[no-any-return]
 
+    logits_from_hidden.__qualname__ = "Backend.logits_from_hidden"
+    logits_from_hidden.__doc__ = OpMethods.logits_from_hidden.__doc__
     return logits_from_hidden
 
 
@@ -923,6 +949,8 @@ def _trusted_all_logits_from_hidden(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(hidden, lm_head, softcap)  # type: ignore[no-any-return]
 
+    all_logits_from_hidden.__qualname__ = "Backend.all_logits_from_hidden"
+    all_logits_from_hidden.__doc__ = OpMethods.all_logits_from_hidden.__doc__
     return all_logits_from_hidden
 
 
@@ -942,6 +970,8 @@ def _trusted_embedding(r: _Route) -> Callable[..., Any]:
         r.calls += 1
         return impl(ids, table)
 
+    embedding.__qualname__ = "Backend.embedding"
+    embedding.__doc__ = OpMethods.embedding.__doc__
     return embedding
 
 

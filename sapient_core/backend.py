@@ -128,10 +128,7 @@ class Backend(OpMethods):
             self._routes[spec.name] = route
             setattr(self, f"_r_{spec.name}", route)
             if route.trusted:   # the same method without the route lookup and branches (see _codegen)
-                method = TRUSTED[spec.name](route)
-                method.__doc__ = getattr(OpMethods, spec.name).__doc__
-                method.__qualname__ = f"Backend.{spec.name}"
-                setattr(self, spec.name, method)
+                setattr(self, spec.name, TRUSTED[spec.name](route))
 
     def _build_route(self, spec: OpSpec, record: "PluginRecord", reference: "PluginRecord") -> _Route:
         ref_fn, ref_args = reference.impls[spec.name]

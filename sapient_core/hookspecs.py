@@ -137,6 +137,11 @@ class OpSpec:
     def defaults(self) -> dict[str, Any]:
         return {a.name: a.default for a in self.args if a.has_default}
 
+    def with_defaults(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``args`` (the leading arguments) followed by the defaults of the arguments they leave out:
+        what a hook or a kernel, which never take defaults, is called with."""
+        return tuple(args) + tuple(a.default for a in self.args[len(args):])
+
     @property
     def positions_arg(self) -> str | None:
         """The argument of kind :data:`POSITIONS` (its check returns it normalised), if any."""

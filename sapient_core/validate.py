@@ -8,9 +8,9 @@ RoPE checks, which return the positions as an integer array (lists and ranges ar
 (``mx.array`` included); ``check_embedding`` alone also reads values (the ids, brought to the host, are
 range-checked).  They are on the hot path: keep them to attribute reads and comparisons.
 
-Each check starts with a fast path: one expression that accepts the common case (float32 arrays whose
-shapes fit; for ``check_embedding``, at most 64 NumPy integer ids within the vocabulary) and returns; anything else (float16, a wrong shape, a non-array ...)
-goes through the full check, which raises the error or accepts.  The fast path may only accept what the full check accepts
+Each check starts with a fast path that accepts the common case (float32 arrays whose shapes fit; for
+``check_embedding``, at most 64 NumPy integer ids within the vocabulary) and returns; anything else
+(float16, a wrong shape, a non-array ...) goes through the full check, which raises the error or accepts.  The fast path may only accept what the full check accepts
 (tests/test_core_backend.py checks both on the same inputs).  The op methods carry a copy of each
 fast path (``python -m sapient_core._codegen`` writes it into ``_ops.py``): its form is fixed, a
 ``try:`` of assignments and expressions ending in ``if <test>: return`` (see ``_codegen.fast_paths``),

@@ -118,16 +118,16 @@ def test_the_fast_paths_are_inlined_from_validate_and_odd_ones_are_refused():
     assert source.count("ok = " + fast["check_rms_norm"].test) == 2      # the method and the trusted closure
     head = "def check_x(x):\n    try:\n"
     tail = "    except (AttributeError, TypeError, ValueError):\n        pass\n"
-    bad = {
-        "assigns ['r'], which the method uses": "        r = x.shape\n        if r:\n            return\n",
-        "assigns ['x'], which the method uses": "        x = x.shape\n        if x:\n            return\n",
-        "returns None or one of its arguments": "        if x:\n            return 1\n",
-        "is not a fast path this generator can inline": "        for i in x:\n            pass\n        if x:\n"
-                                                         "            return\n",
-        "is not a fast path this generator can inline ": "        if x:\n            y = x.shape\n            return\n",
-    }
-    for why, body in bad.items():
-        with pytest.raises(ValueError, match=r"^validate\.check_x: .*" + re.escape(why.strip())):
+    bad = [
+        ("assigns ['r'], which the method uses", "        r = x.shape\n        if r:\n            return\n"),
+        ("assigns ['x'], which the method uses", "        x = x.shape\n        if x:\n            return\n"),
+        ("returns None or one of its arguments", "        if x:\n            return 1\n"),
+        ("is not a fast path this generator can inline", "        for i in x:\n            pass\n        if x:\n"
+                                                        "            return\n"),
+        ("is not a fast path this generator can inline", "        if x:\n            y = x.shape\n            return\n"),
+    ]
+    for why, body in bad:
+        with pytest.raises(ValueError, match=r"^validate\.check_x: .*" + re.escape(why)):
             _codegen.fast_paths(head + body + tail)
     narrow = head + "        if x.shape:\n            return\n    except AttributeError:\n        pass\n"
     with pytest.raises(ValueError, match="not a fast path this generator can inline"):

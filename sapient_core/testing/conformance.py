@@ -257,9 +257,7 @@ def run_case(backend: Any, case: Case, reference: Any) -> CaseResult:
         raise ValueError(f"run_case: the backend {name!r} must be strict (get_backend({name!r}, strict=True)) "
                          f"so that a fallback cannot borrow the CPU reference's answer")
     spec = OPS[op]
-    args = case.args()
-    if len(args) < len(spec.args):            # a case gives the leading arguments; the rest take their defaults
-        args = tuple(args) + tuple(a.default for a in spec.args[len(args):])
+    args = spec.with_defaults(case.args())    # a case gives the leading arguments; the rest take their defaults
     sets = [a.name for a, v in zip(spec.args, args) if a.has_default and not _is_default(v, a.default)]
     result = _run(backend, case, args, reference)
     if result.status == FAIL and sets and result.kind == "value":
