@@ -17,8 +17,10 @@ import numpy as np
 
 
 def warm_up():
-    """Call every op once on tiny inputs on the serial and on the parallel path, so that every fused
-    kernel is compiled (or loaded from the cache).  Returns {path: seconds}."""
+    """Call every op once on tiny inputs on the serial and on the parallel path (attention with and
+    without BLAS inside its kernels), so that every fused kernel is compiled (or loaded from the
+    cache); then go back to the environment's settings (``configure(reset=True)``).  Returns
+    {path: seconds}."""
     from . import kernels
 
     f = np.float32
@@ -29,7 +31,6 @@ def warm_up():
     k = r.standard_normal((1, 2, 5, 8)).astype(f)
     mask = np.ones((1, 5), bool)
     timings = {}
-    before = kernels.info()
     try:
         for label, settings in (("serial", dict(threads=1)), ("parallel", dict(threads=2, parallel_min=0))):
             kernels.configure(fused=True, **settings)
@@ -47,15 +48,15 @@ def warm_up():
             kernels.apply_rope_positions(q, np.arange(3), 10000.0)
             kernels.apply_rope(q, np.arange(3)[None], np.ones(2, f), 1.0)
             # prefill and decode, plain and masked, on whole arrays and on a KV cache's view
-            for keys, m in ((k, mask), (k[:, :, :4], mask[:, :4])):
-                for window, cap, kv_mask in ((None, None, None), (2, 5.0, m)):
-                    kernels.gqa_attention(q, keys, keys, 2, True, None, window, cap, kv_mask)
-                    kernels.gqa_attention(q[:, :, :1], keys, keys, 2, True, None, window, cap, kv_mask)
+            for blas in (True, False):
+                kernels.configure(blas_in_kernels=blas)
+                for keys, m in ((k, mask), (k[:, :, :4], mask[:, :4])):
+                    for window, cap, kv_mask in ((None, None, None), (2, 5.0, m)):
+                        kernels.gqa_attention(q, keys, keys, 2, True, None, window, cap, kv_mask)
+                        kernels.gqa_attention(q[:, :, :1], keys, keys, 2, True, None, window, cap, kv_mask)
             timings[label] = time.perf_counter() - t0
     finally:
         kernels.configure(reset=True)
-        if not before["fused"]:
-            kernels.configure(fused=False)
     return timings
 
 

@@ -538,8 +538,9 @@ def decode_weights_parallel(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p):
 # against 1528 / 1115 with NumPy's matmul between parallel softmax kernels (blocks of 8 queries, 32
 # rows, were the fastest of 8, 16, 32 and 64).
 #
-# NumPy builds without this symbol (Apple's Accelerate on macOS arm64, a distribution's BLAS) keep the
-# Numba loops (decode_weights_*) and NumPy's matmul.  The symbol is registered with LLVM under a name
+# NumPy builds without this symbol (Apple's Accelerate on macOS arm64, a distribution's BLAS), and
+# Windows (where NumPy's extension module does not expose its DLL's symbols), keep the Numba loops
+# (decode_weights_*) and NumPy's matmul.  The symbol is registered with LLVM under a name
 # of our own, so that the cached machine code links to it again in every process.
 
 _SGEMM = "sapient_cpu_cblas_sgemm64"
@@ -570,7 +571,8 @@ if SGEMM_ADDRESS:
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 #: OpenBLAS runs a product of at most 65536 * 4 multiply-adds on the calling thread (interface/gemm.c:
-#: SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD); every product here stays at or below it.
+#: SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD); every product here stays at or below it (it takes
+#: one key at the least, so a task whose rows * d exceeds it alone would not: none of a real model).
 _ONE_THREAD_MACS = 262144
 
 
@@ -652,10 +654,11 @@ def _decode_blas_task(q, k, v, nkv, lo, fold, cap, has_cap, kv_mask, has_mask, o
     nk = k.shape[2] - lo
     qo = (b * nkv + j) * groups * d
     p = np.empty((groups, nk), np.float32)
-    _scores(fold, q, qo, k, b, j, lo, p, max(8, 1024 // groups))    # <= ~1200 outputs a piece
+    # scores: <= ~1200 outputs a piece (OpenBLAS's small-matrix kernels), within _ONE_THREAD_MACS
+    _scores(fold, q, qo, k, b, j, lo, p, max(1, min(1024, _ONE_THREAD_MACS // d) // groups))
     for g in range(groups):
         _softmax_row(p[g], 0, nk, cap, has_cap, kv_mask, has_mask, b, lo)
-    _weighted_values(p, v, b, j, lo, out, qo, max(8, _ONE_THREAD_MACS // 2 // (groups * d)))
+    _weighted_values(p, v, b, j, lo, out, qo, max(1, _ONE_THREAD_MACS // 2 // (groups * d)))
 
 
 @njit(**_OPTS)
@@ -696,7 +699,7 @@ def _prefill_blas_task(q2, k, v, sq, qb, causal, window, cap, has_cap, kv_mask, 
     rows = (i1 - i0) * groups
     s = np.empty((rows, nk), np.float32)
     ro = ((b * nkv + j) * sq + i0) * groups * d
-    step = max(16, _ONE_THREAD_MACS // (rows * d))               # keys per product
+    step = max(1, _ONE_THREAD_MACS // (rows * d))                # keys per product
     _scores(1.0, q2, ro, k, b, j, lo, s, step)
     for r in range(rows):
         t_lo, t_hi = _visible(i0 + r // groups + off, lo, nk, causal, window)

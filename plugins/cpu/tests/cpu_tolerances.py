@@ -12,7 +12,7 @@ exact to far below these bounds, so every bound is a bound on the float32 kernel
 | silu | 3 EPS (1 + abs(x)) abs(ref) | exp2(-x log2 e): rounding the argument costs abs(x) U relative (silu's own condition number is ~ 1 + abs(x)); exp2 <= 3 ulp |
 | gelu exact | 4 EPS (1 + x^2) abs(ref) | fit error 6.4e-8 (1 + x^2/2) plus exp2 of x^2/2 rounded (x^2 U); gelu's condition number in the negative tail is ~ 1 + x^2 |
 | gelu tanh | 4 EPS (1 + abs(z)) abs(ref), z = 2 sqrt(2/pi)(x + 0.044715 x^3) log2 e | as silu, with the exponent z |
-| rope | 4 EPS (abs(x1) + abs(x2)) | two products and a sum per output, cos/sin rounded once |
+| rope | 4 EPS (abs(x1) + abs(x2)) max(1, attention scaling) | two products and a sum per output, cos/sin rounded once |
 | attention | see ``attention_bound`` | score errors move the softmax; the output is a convex combination of v |
 """
 

@@ -75,13 +75,14 @@ def test_serial_and_parallel_fused_kernels_agree_bit_for_bit(op, blas):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_prefill_gives_the_same_result_in_any_grouping_of_its_query_blocks(monkeypatch, threads):
-    """The fused prefill runs its query blocks in phases (every scores product, every softmax, every
-    output product) over groups that fit _PHASE_BYTES: the grouping changes the order, never a value."""
+    """The fused prefill without BLAS inside its kernels runs its query blocks in phases (every scores
+    product, every softmax, every output product) over groups that fit _PHASE_BYTES: the grouping
+    changes the order, never a value."""
     rng = np.random.default_rng(3)
     f = lambda *s: rng.standard_normal(s).astype(F32)  # noqa: E731
     q, k, v = f(2, 8, 200, 16), f(2, 2, 230, 16), f(2, 2, 230, 16)    # 200 queries: 7 blocks of 32
     mask = rng.random((2, 230)) > 0.1
-    kernels.configure(reset=True, fused=True, threads=threads, parallel_min=0)
+    kernels.configure(reset=True, fused=True, threads=threads, parallel_min=0, blas_in_kernels=False)
     calls = [lambda: kernels.gqa_attention(q, k, v, 2, True, None, None, None, None),
              lambda: kernels.gqa_attention(q, k, v, 2, True, 0.2, 50, 30.0, mask)]
     whole = [call() for call in calls]
@@ -249,3 +250,18 @@ def test_blas_attention_reads_a_kv_cache_view_in_place():
         copy = kernels._blas_rows(bad)
         assert copy.flags.c_contiguous and np.shares_memory(copy, buf) is False
         np.testing.assert_array_equal(copy, bad)
+
+
+def test_compiling_ahead_compiles_every_fused_kernel():
+    """``python -m sapient_backend_cpu --compile`` (warm_up) leaves no public fused kernel uncompiled,
+    in a fresh process: attention's with and without BLAS inside them included."""
+    code = ("import json, numba, sapient_backend_cpu._fused as fz; from sapient_backend_cpu.__main__ import main; "
+            "main(['--compile']); "
+            "kernels = {n: d for n, d in vars(fz).items() if isinstance(d, numba.core.dispatcher.Dispatcher) "
+            "and not n.startswith('_') and (fz.SGEMM_ADDRESS or 'blas' not in n)}; "
+            "print(json.dumps(sorted(n for n, d in kernels.items() if not d.signatures)), len(kernels))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, SAPIENT_CPU_FUSED="1"))
+    assert out.returncode == 0, out.stderr
+    missing, count = out.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert missing == "[]" and int(count) >= 20, out.stdout
