@@ -9,8 +9,9 @@ measured:
 - ``checked``: a plugin registered in-process whose ops are the same NumPy kernels, so the difference
   from ``cpu`` is exactly the untrusted path (result check, try/except for the fallback).
 
-Each op is called the way ``sapient_core.testing.models.Decoder`` calls it in a Llama decode step
-(e.g. ``apply_rope`` with an ``inv_freq`` table, ``gqa_attention`` with its optional arguments unset).
+The ops of a Llama decode step are called the way ``sapient_core.testing.models.Decoder`` calls them
+(e.g. ``apply_rope`` with an ``inv_freq`` table, ``gqa_attention`` with its optional arguments unset);
+``layer_norm`` and ``apply_rope_positions``, which it does not call, are timed as well.
 The last line weighs the ops by how often one decode step of a 32-layer Llama calls each (counted
 from ``stats()`` of a real ``Decoder`` step): the backend object's cost per call of a decode step.
 

@@ -10,9 +10,9 @@ on a GPU does, as mlx-lm does:
   concatenation;
 - every step ends with an evaluation on the device (``eval``) of what the next step needs.
 
-The ops go through the core's backend object (validation, lock, fallback); the layout helpers
-(``eval``, ``zeros``, ``write``, ``slice``, ``reshape``, ``transpose``) are called on the plugin module
-directly, the hooks behind the ``Backend`` methods of the same names, without the core's layer around
+The ops go through the core's backend object (validation, lock, fallback), except ``embedding``; it and
+the layout helpers (``eval``, ``zeros``, ``write``, ``slice``, ``reshape``, ``transpose``) are called on
+the plugin module directly, the hooks behind the ``Backend`` methods of the same names, without the core's layer around
 them (an engine would call the ``Backend`` methods, as ``sapient_core.KVCache`` does).
 Used by ``benchmarks/mlx_issue10.py`` and ``benchmarks/mlx_gpu_check.py``.
 """

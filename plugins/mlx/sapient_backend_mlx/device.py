@@ -32,6 +32,8 @@ LOCK = threading.RLock()
 
 _state: tuple[str, Any] | None = None          # (device name, mx.Device), decided once per process
 _stream: Any = None
+
+
 def _init() -> tuple[str, Any]:
     global _state
     state = _state

@@ -32,6 +32,7 @@ import pytest
 from mlx_helpers import ON_CPU_DEVICE, dot_tol
 from sapient_core.testing import oracle
 
+
 def rope_tol(x, positions):
     p = float(np.abs(np.asarray(positions)).max(initial=0))
     return 1e-6 + p * 2.0 ** -22 * float(np.abs(x).max(initial=0))

@@ -16,7 +16,6 @@ from sapient_core import BackendNotFoundError, BackendUnavailableError
 from sapient_core.registry import ENTRY_POINT_GROUP, Registry
 
 
-
 def test_mlx_by_name_works_on_its_best_device(registry):
     backend = registry.get_backend("mlx")
     assert backend.name == "mlx"
