@@ -533,10 +533,14 @@ def decode_weights_parallel(q, k, lo, fold, cap, has_cap, kv_mask, has_mask, p):
 # 4 x 384 outputs).  Measured at 32/8 heads of 64 on the benchmark machine (AVX-512): the scores 30 /
 # 118 µs for 512 / 2048 keys on one thread and 16 / 61 on two, where the Numba dot products took 105 /
 # 326 and 66 / 161; the weighted values 21 / 76 and 11 / 40 (NumPy's matmul: 20 / 75 on either).
-# A prefill's tasks are (batch row, KV head, block of ~32 query rows), each multiplying only the keys
-# its queries may see, in pieces of keys: a 128-token prefill took 1454 / 818 µs on 1 / 2 threads,
-# against 1528 / 1115 with NumPy's matmul between parallel softmax kernels (blocks of 8 queries, 32
-# rows, were the fastest of 8, 16, 32 and 64).
+# A prefill's tasks are (batch row, KV head, block of 8 queries), each multiplying only the keys its
+# queries may see, head by head, reading q and writing the output where they lie: a 128-token prefill
+# took 1194 / 605 µs on 1 / 2 threads, against 1528 / 1115 with NumPy's matmul between parallel
+# softmax kernels.  (Blocks of 16, 32 and 64 queries took 1580, 1512 and 1596 µs on 1 thread: their
+# scores pieces leave the small-matrix kernels, and they compute more hidden keys.  The first version,
+# rows of the group's heads gathered into a copy of q and an output in that order, took 1454 / 818 µs,
+# and up to 3000 on 1 thread when glibc returned its three 1 MiB arrays to the system after every call,
+# so that each call faulted them in again.)
 #
 # NumPy builds without this symbol (Apple's Accelerate on macOS arm64, a distribution's BLAS), and
 # Windows (where NumPy's extension module does not expose its DLL's symbols), keep the Numba loops
@@ -642,83 +646,83 @@ def _weighted_values(w, v, b, j, lo, out, oo, step):
 
 
 @njit(**_OPTS)
-def _decode_blas_task(q, k, v, nkv, lo, fold, cap, has_cap, kv_mask, has_mask, out, task):
-    # one (batch row, KV head): its G query rows' scores fold * q K^T over keys lo ..., each row's
-    # softmax, then out = weights V.  q, out (B, H, 1, d) C-contiguous, query heads j*G ... (j+1)*G-1
-    # of KV head j; k, v with unit stride along d and no negative stride (see kernels._blas_rows).
-    cap = _F32(cap)
-    b = task // nkv
-    j = task % nkv
-    d = q.shape[3]
-    groups = q.shape[1] // nkv
-    nk = k.shape[2] - lo
-    qo = (b * nkv + j) * groups * d
-    p = np.empty((groups, nk), np.float32)
-    # scores: <= ~1200 outputs a piece (OpenBLAS's small-matrix kernels), within _ONE_THREAD_MACS
-    _scores(fold, q, qo, k, b, j, lo, p, max(1, min(1024, _ONE_THREAD_MACS // d) // groups))
-    for g in range(groups):
-        _softmax_row(p[g], 0, nk, cap, has_cap, kv_mask, has_mask, b, lo)
-    _weighted_values(p, v, b, j, lo, out, qo, max(1, _ONE_THREAD_MACS // 2 // (groups * d)))
+def _attend(q, ro, rows, k, v, b, j, lo, nk, p0, dp, causal, window, fold, cap, has_cap, kv_mask, has_mask,
+            out):
+    """``rows`` consecutive rows of q from element ro (query positions p0, p0 + dp, ...) against the keys
+    lo ... lo + nk - 1 of head j of batch row b: scores fold * q K^T, each row's softmax under the
+    masks, and the weighted values written to the same rows of out.  Scores in pieces of at most
+    ~1200 outputs (OpenBLAS's small-matrix kernels), every product within _ONE_THREAD_MACS."""
+    d = q.shape[-1]
+    s = np.empty((rows, nk), np.float32)
+    _scores(fold, q, ro, k, b, j, lo, s, max(1, min(1024, _ONE_THREAD_MACS // d) // rows))
+    for r in range(rows):
+        t_lo, t_hi = _visible(p0 + r * dp, lo, nk, causal, window)
+        _softmax_row(s[r], t_lo, t_hi, cap, has_cap, kv_mask, has_mask, b, lo)
+    _weighted_values(s, v, b, j, lo, out, ro, max(1, _ONE_THREAD_MACS // 2 // (rows * d)))
 
 
 @njit(**_OPTS)
-def decode_blas_serial(q, k, v, nkv, lo, fold, cap, has_cap, kv_mask, has_mask, out):
+def _decode_blas_task(q, k, v, nkv, lo, causal, window, fold, cap, has_cap, kv_mask, has_mask, out, task):
+    # one (batch row, KV head): its G query heads are G consecutive rows of q (B, H, 1, d), all at the
+    # last position
+    b = task // nkv
+    j = task % nkv
+    groups = q.shape[1] // nkv
+    sk = k.shape[2]
+    _attend(q, (b * nkv + j) * groups * q.shape[3], groups, k, v, b, j, lo, sk - lo, sk - 1, 0, causal, window,
+            fold, _F32(cap), has_cap, kv_mask, has_mask, out)
+
+
+@njit(**_OPTS)
+def decode_blas_serial(q, k, v, nkv, lo, causal, window, fold, cap, has_cap, kv_mask, has_mask, out):
     """A decode step with both products in NumPy's BLAS (only when SGEMM_ADDRESS): q and out
-    (B, H, 1, d), k and v (B, nkv, Sk, d), keys lo ... Sk - 1 (then kv_mask); fold (the scale, in log2
-    units or over the softcap) and cap as in softmax_block_*, as Python floats."""
+    (B, H, 1, d) C-contiguous, k and v (B, nkv, Sk, d) with unit stride along d and no negative stride
+    (see kernels._blas_rows), keys lo ... Sk - 1 (then kv_mask); window 0 for none; fold (the scale, in
+    log2 units or over the softcap) and cap as in softmax_block_*, as Python floats."""
     for task in range(q.shape[0] * nkv):
-        _decode_blas_task(q, k, v, nkv, lo, fold, cap, has_cap, kv_mask, has_mask, out, task)
+        _decode_blas_task(q, k, v, nkv, lo, causal, window, fold, cap, has_cap, kv_mask, has_mask, out, task)
 
 
 @njit(parallel=True, **_OPTS)
-def decode_blas_parallel(q, k, v, nkv, lo, fold, cap, has_cap, kv_mask, has_mask, out):
+def decode_blas_parallel(q, k, v, nkv, lo, causal, window, fold, cap, has_cap, kv_mask, has_mask, out):
     for task in prange(q.shape[0] * nkv):
-        _decode_blas_task(q, k, v, nkv, lo, fold, cap, has_cap, kv_mask, has_mask, out, task)
+        _decode_blas_task(q, k, v, nkv, lo, causal, window, fold, cap, has_cap, kv_mask, has_mask, out, task)
 
 
 @njit(**_OPTS)
-def _prefill_blas_task(q2, k, v, sq, qb, causal, window, cap, has_cap, kv_mask, has_mask, out2, task):
-    # one (batch row, KV head, block of qb queries): q2 and out2 (B, KV, Sq * G, d) in (query, head)
-    # row order, q2 already scaled; the block's rows' scores against the keys some query of it may
-    # see, each row's softmax, then the block's rows of out2, both products in pieces of keys.
-    cap = _F32(cap)
-    nkv = q2.shape[1]
-    groups = q2.shape[2] // sq
-    d = q2.shape[3]
+def _prefill_blas_task(q, k, v, nkv, qb, causal, window, fold, cap, has_cap, kv_mask, has_mask, out, task):
+    # one (batch row, KV head, block of qb queries): for each query head of the group, the block's
+    # rows of q (B, H, Sq, d) against the keys some query of the block may see
+    h, sq, d = q.shape[1], q.shape[2], q.shape[3]
+    groups = h // nkv
     sk = k.shape[2]
     nb = (sq + qb - 1) // qb
     blk = task % nb
     j = (task // nb) % nkv
     b = task // (nb * nkv)
     i0 = blk * qb
-    i1 = min(sq, i0 + qb)
+    n = min(sq, i0 + qb) - i0
     off = sk - sq
     lo = max(0, i0 + off - window + 1) if window > 0 else 0        # query i0's first key
-    hi = i1 + off if causal else sk                                # query i1 - 1's last key + 1
-    nk = hi - lo
-    rows = (i1 - i0) * groups
-    s = np.empty((rows, nk), np.float32)
-    ro = ((b * nkv + j) * sq + i0) * groups * d
-    step = max(1, _ONE_THREAD_MACS // (rows * d))                # keys per product
-    _scores(1.0, q2, ro, k, b, j, lo, s, step)
-    for r in range(rows):
-        t_lo, t_hi = _visible(i0 + r // groups + off, lo, nk, causal, window)
-        _softmax_row(s[r], t_lo, t_hi, cap, has_cap, kv_mask, has_mask, b, lo)
-    _weighted_values(s, v, b, j, lo, out2, ro, step)
+    hi = i0 + n + off if causal else sk                            # the block's last query's last key + 1
+    for g in range(groups):
+        ro = ((b * h + j * groups + g) * sq + i0) * d                # q[b, head, i0] and out[b, head, i0]
+        _attend(q, ro, n, k, v, b, j, lo, hi - lo, i0 + off, 1, causal, window, fold, _F32(cap), has_cap,
+                kv_mask, has_mask, out)
 
 
 @njit(**_OPTS)
-def prefill_blas_serial(q2, k, v, sq, qb, causal, window, cap, has_cap, kv_mask, has_mask, out2):
+def prefill_blas_serial(q, k, v, nkv, qb, causal, window, fold, cap, has_cap, kv_mask, has_mask, out):
     """A prefill with both products in NumPy's BLAS (only when SGEMM_ADDRESS), one task per batch row,
-    KV head and block of ``qb`` queries: q2 and out2 (B, KV, Sq * G, d), rows in (query, head) order,
-    q2 scaled by fold (see kernels); k, v (B, KV, Sk, d); window 0 for none; cap a Python float."""
-    nb = (sq + qb - 1) // qb
-    for task in range(q2.shape[0] * q2.shape[1] * nb):
-        _prefill_blas_task(q2, k, v, sq, qb, causal, window, cap, has_cap, kv_mask, has_mask, out2, task)
+    KV head and block of ``qb`` queries, head by head: q and out (B, H, Sq, d) C-contiguous; the rest
+    as in decode_blas_serial."""
+    nb = (q.shape[2] + qb - 1) // qb
+    for task in range(q.shape[0] * nkv * nb):
+        _prefill_blas_task(q, k, v, nkv, qb, causal, window, fold, cap, has_cap, kv_mask, has_mask, out, task)
 
 
 @njit(parallel=True, **_OPTS)
-def prefill_blas_parallel(q2, k, v, sq, qb, causal, window, cap, has_cap, kv_mask, has_mask, out2):
-    nb = (sq + qb - 1) // qb
-    for task in prange(q2.shape[0] * q2.shape[1] * nb):
-        _prefill_blas_task(q2, k, v, sq, qb, causal, window, cap, has_cap, kv_mask, has_mask, out2, task)
+def prefill_blas_parallel(q, k, v, nkv, qb, causal, window, fold, cap, has_cap, kv_mask, has_mask, out):
+    nb = (q.shape[2] + qb - 1) // qb
+    for task in prange(q.shape[0] * nkv * nb):
+        _prefill_blas_task(q, k, v, nkv, qb, causal, window, fold, cap, has_cap, kv_mask, has_mask, out, task)

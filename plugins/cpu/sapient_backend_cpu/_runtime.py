@@ -36,7 +36,7 @@ than BLAS, and np.dot inside ``prange`` needs SciPy's cython_blas (a second Open
 nested in Numba's: KV 2048 450 µs on 2 threads).  So the kernels call NumPy's own cblas_sgemm
 (``_fused``, "BLAS inside the kernels"), in pieces that OpenBLAS runs on the calling thread: KV 512 /
 2048 69 / 250 µs on 1 thread and 40 / 133 on 2, against 112 / 416 and 74 / 268 before; a 128-token
-prefill 1454 on 1 and 818 on 2, against 1528 and 1115-1172 (benchmarks/bench_cpu_vs_torch.py).)
+prefill 1194 on 1 and 605 on 2, against 1528 and 1115-1172 (benchmarks/bench_cpu_vs_torch.py).)
 
 (Why add and mul gain less than torch does, [1, 128, 2048] on 2 threads: the kernel, allocating its
 result itself, takes 20.5-21.7 µs called straight from Python (NumPy's one-thread loop 33-35 µs): a

@@ -57,9 +57,10 @@ The numerical choices, each measured against the float64 oracles:
   than add to them, so a NaN in a hidden key never leaks.  Fused prefill works in blocks of queries
   that multiply only the keys they may see (a causal prefill skips ~40% of the products), with a
   fused masked softmax between two BLAS products.  Where NumPy's BLAS exports a 64-bit cblas_sgemm
-  (its OpenBLAS wheels), the fused kernels call it themselves: one task per (batch row, KV head, block
-  of ~32 query rows) computes its scores, softmax and output, so that both products run on every
-  thread, and K and V are read in place (a KV cache's view is not copied).  Elsewhere a decode step
+  (its OpenBLAS wheels), the fused kernels call it themselves: one task per (batch row, KV head) of a
+  decode step, or per (batch row, KV head, block of 8 queries) of a prefill, computes its scores,
+  softmax and output, so that both products run on every thread, and q, K, V and the output are read
+  and written where they lie (a KV cache's view is not copied).  Elsewhere a decode step
   computes its weights (scores, softcap, masks, softmax) in one Numba kernel and its output in one
   NumPy matmul, and a prefill runs its BLAS products through NumPy's matmul.
 
@@ -633,17 +634,17 @@ def _attention_fused(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
         if sq == 1:
             lo = max(0, sk - window) if window is not None else 0
             out = np.empty((b, h, 1, d), np.float32)
-            args = (_f32_flat(q), kr, vr, kv, lo, fold, cap, has_cap, mask, has_mask, out)
+            args = (_f32_flat(q), kr, vr, kv, lo, causal, window or 0, fold, cap, has_cap, mask, has_mask, out)
             if b * h * (sk - lo) * d < par or not _run_parallel(fz.decode_blas_parallel, *args):
                 fz.decode_blas_serial(*args)
             return out
-        # prefill: one task per block of queries whose rows (~32) multiply only the keys some query
-        # of the block may see
-        q2, out2 = _query_rows(q, kv, _f32c(fold))
-        args = (q2, kr, vr, sq, max(1, 32 // g), causal, window or 0, cap, has_cap, mask, has_mask, out2)
+        # prefill: one task per block of 8 queries, which multiply only the keys some query of the
+        # block may see, head by head: q is read and the output written where they lie
+        out = np.empty((b, h, sq, d), np.float32)
+        args = (_f32_flat(q), kr, vr, kv, 8, causal, window or 0, fold, cap, has_cap, mask, has_mask, out)
         if b * h * sq * sk * d < par or not _run_parallel(fz.prefill_blas_parallel, *args):
             fz.prefill_blas_serial(*args)
-        return _head_order(out2, h, sq)
+        return out
     fold, cap = _f32c(fold), _f32c(cap)
     if sq == 1:
         # decode: every query sees the same key range; weights from one fused kernel, then one BLAS
@@ -655,10 +656,13 @@ def _attention_fused(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
         if b * h * (sk - lo) * d < par or not _run_parallel(fz.decode_weights_parallel, *args):
             fz.decode_weights_serial(*args)
         return np.matmul(p, v[:, :, lo:]).reshape(b, h, 1, d)
-    # prefill: each block of queries multiplies only the keys some query of it may see (a causal
-    # prefill skips ~40% of the products), its scores become weights in place, and its output rows
-    # are one more product.
-    q2, out2 = _query_rows(q, kv, fold)
+    # prefill: q reordered to (query, head) rows so that a block of queries is a block of rows; each
+    # block multiplies only the keys some query of it may see (a causal prefill skips ~40% of the
+    # products), its scores become weights in place, and its output rows are one more product.
+    q2 = np.empty((b, kv, sq, g, d), np.float32)
+    np.multiply(q.reshape(b, kv, g, sq, d).transpose(0, 1, 3, 2, 4), fold, out=q2)
+    q2 = q2.reshape(b, kv, sq * g, d)
+    out2 = np.empty((b, kv, sq * g, d), np.float32)
     kt = k.transpose(0, 1, 3, 2)
     off = sk - sq
     qb = sq if not causal else max(32, -(-sq // 8))   # at most 8 query blocks of >= 32 queries
@@ -681,24 +685,7 @@ def _attention_fused(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
                 fz.softmax_block_serial(*args)
         for (i0, i1, lo, hi), s in zip(group, scores):
             np.matmul(s, v[:, :, lo:hi], out=out2[:, :, i0 * g:i1 * g])
-    return _head_order(out2, h, sq)
-
-
-def _query_rows(q, kv, fold):
-    """A prefill's q (B, H, Sq, d) times ``fold`` reordered to (B, KV, Sq * G, d) rows in (query, head)
-    order, so that a block of queries is a block of rows against its KV head; and an output of that
-    layout to fill."""
-    b, h, sq, d = q.shape
-    g = h // kv
-    q2 = np.empty((b, kv, sq, g, d), np.float32)
-    np.multiply(q.reshape(b, kv, g, sq, d).transpose(0, 1, 3, 2, 4), fold, out=q2)
-    return q2.reshape(b, kv, sq * g, d), np.empty((b, kv, sq * g, d), np.float32)
-
-
-def _head_order(out2, h, sq):
-    """(B, KV, Sq * G, d) rows in (query, head) order back to (B, H, Sq, d)."""
-    b, kv, _, d = out2.shape
-    return np.ascontiguousarray(out2.reshape(b, kv, sq, h // kv, d).transpose(0, 1, 3, 2, 4)).reshape(b, h, sq, d)
+    return np.ascontiguousarray(out2.reshape(b, kv, sq, g, d).transpose(0, 1, 3, 2, 4)).reshape(b, h, sq, d)
 
 
 #: The most bytes of attention scores a prefill keeps at once, unless one block alone needs more.
