@@ -182,13 +182,21 @@ def test_switches_from_the_environment(monkeypatch, caplog):
         kernels.configure(threads=0)
 
 
+def _python(code, env=None, timeout=300):
+    """Run ``code`` in a fresh interpreter with the fused kernels on (``env``: the whole environment,
+    default this one's); its output, after checking that it exited 0."""
+    env = dict(os.environ if env is None else env, SAPIENT_CPU_FUSED="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_importing_the_plugin_imports_no_numba():
     code = ("import sys, numpy as np, sapient_core, sapient_backend_cpu.plugin, sapient_backend_cpu.kernels as k; "
             "assert 'numba' not in sys.modules; "
             "k.rms_norm(np.ones((2, 4), np.float32), np.ones(4, np.float32), 1e-6); "
             "assert 'numba' in sys.modules")
-    env = dict(os.environ, SAPIENT_CPU_FUSED="1")
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+    _python(code)
 
 
 def test_without_numba_the_numpy_kernels_serve_with_a_warning():
@@ -197,9 +205,7 @@ def test_without_numba_the_numpy_kernels_serve_with_a_warning():
             "import numpy as np, sapient_backend_cpu.kernels as k; "
             "y = k.silu(np.array([1.0, -1.0], np.float32)); s = k.info(); "
             "assert not s['fused'] and 'Numba unavailable' in s['reason'], s; print(y)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, SAPIENT_CPU_FUSED="1"))
-    assert out.returncode == 0, out.stderr
+    out = _python(code)
     assert "pip install numba" in out.stderr
     np.testing.assert_allclose([float(v) for v in out.stdout.strip(" []\n").split()], [0.7310586, -0.26894143],
                                rtol=1e-6)
@@ -214,10 +220,8 @@ def test_openmp_spin_count_is_tamed_unless_the_user_chose(user_env, want):
             "k.configure(threads=2, parallel_min=0); k.silu(np.ones(100, np.float32)); "
             "print(os.environ.get('GOMP_SPINCOUNT'))")
     env = {key: v for key, v in os.environ.items() if key not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    env.update(user_env, SAPIENT_CPU_FUSED="1")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str(want)
+    env.update(user_env)
+    assert _python(code, env).stdout.strip() == str(want)
 
 
 @pytest.mark.parametrize("blas", [True, False])
@@ -260,8 +264,6 @@ def test_compiling_ahead_compiles_every_fused_kernel():
             "kernels = {n: d for n, d in vars(fz).items() if isinstance(d, numba.core.dispatcher.Dispatcher) "
             "and not n.startswith('_') and (fz.SGEMM_ADDRESS or 'blas' not in n)}; "
             "print(json.dumps(sorted(n for n, d in kernels.items() if not d.signatures)), len(kernels))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, SAPIENT_CPU_FUSED="1"))
-    assert out.returncode == 0, out.stderr
-    missing, count = out.stdout.strip().splitlines()[-1].rsplit(" ", 1)
-    assert missing == "[]" and int(count) >= 20, out.stdout
+    out = _python(code, timeout=600).stdout
+    missing, count = out.strip().splitlines()[-1].rsplit(" ", 1)
+    assert missing == "[]" and int(count) >= 20, out
