@@ -9,8 +9,10 @@ and imports no Numba):
   OpenBLAS from its threads (its two products, in decode and prefill), where NumPy's BLAS exports
   ``cblas_sgemm`` with 64-bit integers (NumPy's OpenBLAS wheels); ``0``, or a NumPy without it: a
   decode step's scores in Numba loops, every other product through NumPy's matmul.
-- ``SAPIENT_CPU_THREADS``: the threads a fused kernel may use (an integer >= 1).  Default: the CPUs
-  this process may run on (``os.sched_getaffinity``, else ``os.cpu_count()``).  Large inputs only:
+- ``SAPIENT_CPU_THREADS``: the threads a fused kernel may use (an integer >= 1).  Unset: the first
+  entry of ``OMP_NUM_THREADS`` when that is set (as torch and OpenBLAS read it, so that a process
+  told ``OMP_NUM_THREADS=1`` runs one thread here too), else the CPUs this process may run on
+  (``os.sched_getaffinity``, else ``os.cpu_count()``).  Large inputs only:
   below the per-op sizes in :data:`PARALLEL_MIN` a kernel runs on the calling thread, since waking a
   second thread costs more than it saves.  Matrix products are NumPy's BLAS, whose own thread count
   (``OPENBLAS_NUM_THREADS`` ...) this does not change.
@@ -64,6 +66,8 @@ FUSED = _UNLOADED
 REASON = ""
 #: Threads a parallel kernel may use (resolved on first use).
 THREADS = 0
+#: Where THREADS came from: "configure", "SAPIENT_CPU_THREADS", "OMP_NUM_THREADS" or "cpus".
+THREADS_FROM = ""
 #: Whether the fused kernels may call NumPy's BLAS from their threads (resolved on first use; they do
 #: only where ``FUSED.SGEMM_ADDRESS`` is set as well).
 BLAS_IN_KERNELS = True
@@ -91,19 +95,33 @@ def _default_threads():
         return max(1, os.cpu_count() or 1)
 
 
-def _env_threads():
-    raw = os.environ.get("SAPIENT_CPU_THREADS", "").strip()
-    if not raw:
-        return _default_threads()
+def _positive_int(raw):
+    """``raw`` as an integer >= 1, or None."""
     try:
         n = int(raw)
-        if n < 1:
-            raise ValueError
-        return n
     except ValueError:
-        logger.warning("SAPIENT_CPU_THREADS=%r is not an integer >= 1; using %d (the CPUs available). "
-                       "To remedy this, set it to e.g. 1 or 2", raw, _default_threads())
-        return _default_threads()
+        return None
+    return n if n >= 1 else None
+
+
+def _env_threads():
+    """(threads, where the number came from): ``SAPIENT_CPU_THREADS``, else ``OMP_NUM_THREADS`` (its
+    first entry, the outermost level's count, as OpenMP reads it), else the CPUs available."""
+    raw = os.environ.get("SAPIENT_CPU_THREADS", "").strip()
+    if raw:
+        n = _positive_int(raw)
+        if n is not None:
+            return n, "SAPIENT_CPU_THREADS"
+        logger.warning("SAPIENT_CPU_THREADS=%r is not an integer >= 1; ignoring it. To remedy this, set it "
+                       "to e.g. 1 or 2", raw)
+    raw = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if raw:
+        n = _positive_int(raw.split(",")[0].strip())
+        if n is not None:
+            return n, "OMP_NUM_THREADS"
+        logger.warning("OMP_NUM_THREADS=%r does not start with an integer >= 1; ignoring it. To remedy "
+                       "this, set it (or SAPIENT_CPU_THREADS) to e.g. 1 or 2", raw)
+    return _default_threads(), "cpus"
 
 
 def _env_on(name, setting):
@@ -120,11 +138,14 @@ def _env_on(name, setting):
 
 def load():
     """Resolve the settings and import the fused kernels if they are wanted: the module or None."""
-    global FUSED, REASON, THREADS, BLAS_IN_KERNELS
+    global FUSED, REASON, THREADS, THREADS_FROM, BLAS_IN_KERNELS
     with _load_lock:
         if FUSED is not _UNLOADED:
             return FUSED
-        THREADS = _threads_setting or _env_threads()
+        if _threads_setting:
+            THREADS, THREADS_FROM = _threads_setting, "configure"
+        else:
+            THREADS, THREADS_FROM = _env_threads()
         BLAS_IN_KERNELS = _env_on("SAPIENT_CPU_BLAS_IN_KERNELS", _blas_setting)
         if not _env_on("SAPIENT_CPU_FUSED", _fused_setting):
             REASON = "switched off (SAPIENT_CPU_FUSED=0 or configure(fused=False))"
@@ -243,10 +264,13 @@ def configure(*, fused=None, threads=None, parallel_min=None, blas_in_kernels=No
 
 
 def info():
-    """What runs now: ``{"fused": bool, "reason": str, "threads": int, "threading_layer": str|None,
-    "blas_in_kernels": bool, "parallel_min": dict}`` (``blas_in_kernels``: the fused kernels call
-    NumPy's BLAS from their threads; False when switched off or when NumPy's BLAS has no 64-bit
-    cblas_sgemm)."""
+    """What runs now: ``{"fused": bool, "reason": str, "threads": int, "threads_from": str,
+    "threading_layer": str|None, "blas_in_kernels": bool, "parallel_min": dict}``.
+
+    ``threads_from`` says where ``threads`` came from: ``"configure"``, ``"SAPIENT_CPU_THREADS"``,
+    ``"OMP_NUM_THREADS"`` or ``"cpus"`` (the CPUs available).  ``blas_in_kernels``: the fused kernels
+    call NumPy's BLAS from their threads; False when switched off or when NumPy's BLAS has no 64-bit
+    cblas_sgemm."""
     fz = fused()
     layer = None
     if fz is not None:
@@ -255,7 +279,8 @@ def info():
             layer = numba.threading_layer()
         except Exception:  # noqa: BLE001 - no parallel kernel has run yet
             layer = None
-    return {"fused": fz is not None, "reason": REASON, "threads": THREADS, "threading_layer": layer,
+    return {"fused": fz is not None, "reason": REASON, "threads": THREADS, "threads_from": THREADS_FROM,
+            "threading_layer": layer,
             "blas_in_kernels": bool(fz is not None and fz.SGEMM_ADDRESS and BLAS_IN_KERNELS),
             "parallel_min": dict(PARALLEL_MIN)}
 

@@ -157,19 +157,27 @@ def test_a_child_forked_after_parallel_kernels_ran_uses_the_serial_kernels():
     np.testing.assert_array_equal(got, want)
 
 
+def _threads(state):
+    return state["threads"], state["threads_from"]
+
+
 def test_switches_from_the_environment(monkeypatch, caplog):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cpus = _runtime._default_threads()
     monkeypatch.setenv("SAPIENT_CPU_FUSED", "0")
     monkeypatch.setenv("SAPIENT_CPU_THREADS", "3")
     state = kernels.configure(reset=True)
-    assert state["fused"] is False and state["threads"] == 3 and "SAPIENT_CPU_FUSED=0" in state["reason"]
+    assert state["fused"] is False and _threads(state) == (3, "SAPIENT_CPU_THREADS")
+    assert "SAPIENT_CPU_FUSED=0" in state["reason"]
     monkeypatch.setenv("SAPIENT_CPU_FUSED", "1")
     monkeypatch.setenv("SAPIENT_CPU_THREADS", "lots")
     with caplog.at_level("WARNING", logger="sapient_core"):
         state = kernels.configure(reset=True)
-    assert state["fused"] is True and state["threads"] == _runtime._default_threads()
-    assert "SAPIENT_CPU_THREADS='lots'" in caplog.text
+    assert state["fused"] is True and _threads(state) == (cpus, "cpus")
+    assert "SAPIENT_CPU_THREADS='lots' is not an integer >= 1" in caplog.text
     monkeypatch.delenv("SAPIENT_CPU_THREADS")
-    assert kernels.configure(reset=True)["threads"] == _runtime._default_threads()
+    assert _threads(kernels.configure(reset=True)) == (cpus, "cpus")
+    assert _threads(kernels.configure(threads=5)) == (5, "configure")
     assert kernels.configure(reset=True)["blas_in_kernels"] is NUMPY_HAS_OPENBLAS
     monkeypatch.setenv("SAPIENT_CPU_BLAS_IN_KERNELS", "0")
     assert kernels.configure(reset=True)["blas_in_kernels"] is False
@@ -180,6 +188,25 @@ def test_switches_from_the_environment(monkeypatch, caplog):
     assert kernels.configure(blas_in_kernels=False)["blas_in_kernels"] is False   # configure() wins
     with pytest.raises(ValueError, match="threads must be >= 1"):
         kernels.configure(threads=0)
+
+
+@pytest.mark.parametrize("omp,mine,want", [("1", None, (1, "OMP_NUM_THREADS")),
+                                            (" 3, 2", None, (3, "OMP_NUM_THREADS")),
+                                            ("1", "2", (2, "SAPIENT_CPU_THREADS")),
+                                            ("0", None, (None, "cpus")), ("two", "0", (None, "cpus"))])
+def test_omp_num_threads_is_the_default_thread_count(monkeypatch, caplog, omp, mine, want):
+    """Unless SAPIENT_CPU_THREADS says otherwise, the fused kernels take the thread count torch and
+    OpenBLAS take: OMP_NUM_THREADS's first entry (a process told OMP_NUM_THREADS=1 runs one thread);
+    a value that is not a count is ignored with a warning naming it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    if mine is None:
+        monkeypatch.delenv("SAPIENT_CPU_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("SAPIENT_CPU_THREADS", mine)
+    with caplog.at_level("WARNING", logger="sapient_core"):
+        got = _threads(kernels.configure(reset=True))
+    assert got == (want[0] or _runtime._default_threads(), want[1])
+    assert (f"OMP_NUM_THREADS={omp!r}" in caplog.text) is (want[1] == "cpus")
 
 
 def _python(code, env=None, timeout=300):
@@ -222,6 +249,18 @@ def test_openmp_spin_count_is_tamed_unless_the_user_chose(user_env, want):
     env = {key: v for key, v in os.environ.items() if key not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     env.update(user_env)
     assert _python(code, env).stdout.strip() == str(want)
+
+
+def test_omp_num_threads_1_keeps_the_fused_kernels_on_one_thread():
+    """In a fresh process given OMP_NUM_THREADS=1 (and no SAPIENT_CPU_THREADS), a large add runs NumPy's
+    one-thread loop and no parallel kernel starts Numba's pool."""
+    code = ("import numpy as np, sapient_core; from sapient_backend_cpu import _runtime, kernels; "
+            "x = np.ones((1, 128, 2048), np.float32); "
+            "y = sapient_core.get_backend('cpu').add(x, x); s = kernels.info(); "
+            "assert float(y.sum()) == 2 * x.size and s['threads'] == 1 and s['threads_from'] == 'OMP_NUM_THREADS', s; "
+            "assert _runtime._pool_started is False; print('ok')")
+    env = {key: v for key, v in os.environ.items() if key != "SAPIENT_CPU_THREADS"}
+    assert _python(code, dict(env, OMP_NUM_THREADS="1")).stdout.strip() == "ok"
 
 
 @pytest.mark.parametrize("blas", [True, False])
