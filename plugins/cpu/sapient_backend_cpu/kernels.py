@@ -108,15 +108,6 @@ def _f32(x):
     return np.asarray(x, dtype=np.float32)
 
 
-def _blas_rows(x):
-    """A float32 ndarray (B, KV, n, d) as BLAS can read it in place: unit stride along d, rows at least
-    d apart, no negative stride (copied otherwise)."""
-    b, kv, n, d = x.strides
-    if d == 4 and n >= 4 * x.shape[3] and b >= 0 and kv >= 0:
-        return x
-    return np.ascontiguousarray(x)
-
-
 def _f32_flat(x):
     """``x`` as a C-contiguous float32 ndarray (copied only when needed), for the chunked kernels."""
     x = _f32(x)
@@ -612,12 +603,57 @@ def gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, k
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     window = None if sliding_window is None or not causal else int(sliding_window)
     fz = _fused()
-    if fz is not None:
-        return _attention_fused(fz, q, k, v, kv, bool(causal), scale, window, softcap, kv_mask)
-    return _attention_numpy(q, k, v, kv, causal, scale, window, softcap, kv_mask)
+    if fz is None:
+        return _attention_numpy(q, k, v, kv, causal, scale, window, softcap, kv_mask)
+    if fz.SGEMM_ADDRESS and _runtime.BLAS_IN_KERNELS:
+        return _attention_blas(fz, q, k, v, kv, bool(causal), scale, window, softcap, kv_mask)
+    return _attention_fused(fz, q, k, v, kv, bool(causal), scale, window, softcap, kv_mask)
+
+
+def _attention_blas(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
+    """Both products in NumPy's BLAS, called from the kernel's tasks (see _fused), so that they run on
+    every thread; K and V are read in place (a KV cache's view is not copied), and so are q and the
+    output.  Kept lean: a decode step at KV 512 takes ~65 µs on one thread and each µs of Python around
+    it shows (benchmarks/bench_two_threads.py)."""
+    if softcap is None:
+        fold, cap, has_cap = scale * _LOG2E, 0.0, False            # scores in log2 units
+    else:
+        fold, cap, has_cap = scale / float(softcap), float(softcap) * _LOG2E, True
+    if kv_mask is None:
+        mask, has_mask = _NO_MASK, False
+    else:
+        mask, has_mask = np.ascontiguousarray(kv_mask, dtype=bool), True
+    if not q.flags.c_contiguous:
+        q = np.ascontiguousarray(q)
+    b, h, sq, d = q.shape
+    sk = k.shape[2]
+    # BLAS reads K and V where they lie when it can: unit stride along d, rows at least d apart, no
+    # negative stride (else a C-contiguous copy)
+    ks, vs = k.strides, v.strides
+    if not (ks[3] == 4 and ks[2] >= 4 * d and ks[1] >= 0 and ks[0] >= 0):
+        k = np.ascontiguousarray(k)
+    if not (vs[3] == 4 and vs[2] >= 4 * d and vs[1] >= 0 and vs[0] >= 0):
+        v = np.ascontiguousarray(v)
+    out = np.empty_like(q)
+    if sq == 1:
+        lo = max(0, sk - window) if window is not None else 0
+        args = (q, k, v, kv, lo, causal, window or 0, fold, cap, has_cap, mask, has_mask, out)
+        if (_runtime.THREADS < 2 or b * h * (sk - lo) * d < _PAR_MIN["attention"]
+                or not _run_parallel(fz.decode_blas_parallel, *args)):
+            fz.decode_blas_serial(*args)
+        return out
+    # prefill: one task per block of 8 queries, which multiply only the keys some query of the block
+    # may see, head by head
+    args = (q, k, v, kv, 8, causal, window or 0, fold, cap, has_cap, mask, has_mask, out)
+    if (_runtime.THREADS < 2 or b * h * sq * sk * d < _PAR_MIN["attention"]
+            or not _run_parallel(fz.prefill_blas_parallel, *args)):
+        fz.prefill_blas_serial(*args)
+    return out
 
 
 def _attention_fused(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
+    """The products in NumPy's matmul and Numba loops (a NumPy without a 64-bit cblas_sgemm, or
+    SAPIENT_CPU_BLAS_IN_KERNELS=0)."""
     b, h, sq, d = q.shape
     sk = k.shape[2]
     g = h // kv
@@ -627,24 +663,6 @@ def _attention_fused(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
     mask = _NO_MASK if kv_mask is None else np.ascontiguousarray(kv_mask, dtype=bool)
     has_mask = kv_mask is not None
     par = _PAR_MIN["attention"]
-    if fz.SGEMM_ADDRESS and _runtime.BLAS_IN_KERNELS:
-        # Both products in NumPy's BLAS, called from the kernel's tasks (see _fused), so that they
-        # run on every thread; K and V are read in place (a KV cache's view is not copied).
-        kr, vr = _blas_rows(k), _blas_rows(v)
-        if sq == 1:
-            lo = max(0, sk - window) if window is not None else 0
-            out = np.empty((b, h, 1, d), np.float32)
-            args = (_f32_flat(q), kr, vr, kv, lo, causal, window or 0, fold, cap, has_cap, mask, has_mask, out)
-            if b * h * (sk - lo) * d < par or not _run_parallel(fz.decode_blas_parallel, *args):
-                fz.decode_blas_serial(*args)
-            return out
-        # prefill: one task per block of 8 queries, which multiply only the keys some query of the
-        # block may see, head by head: q is read and the output written where they lie
-        out = np.empty((b, h, sq, d), np.float32)
-        args = (_f32_flat(q), kr, vr, kv, 8, causal, window or 0, fold, cap, has_cap, mask, has_mask, out)
-        if b * h * sq * sk * d < par or not _run_parallel(fz.prefill_blas_parallel, *args):
-            fz.prefill_blas_serial(*args)
-        return out
     fold, cap = _f32c(fold), _f32c(cap)
     if sq == 1:
         # decode: every query sees the same key range; weights from one fused kernel, then one BLAS

@@ -283,16 +283,38 @@ def test_attention_runs_the_kernels_its_settings_name(monkeypatch, blas):
     assert state["blas_in_kernels"] == (blas and NUMPY_HAS_OPENBLAS)
 
 
-def test_blas_attention_reads_a_kv_cache_view_in_place():
-    """A KV cache hands attention a view of its longer buffer: BLAS reads it where it lies; a view it
-    cannot read (a reversed or strided head dimension, rows closer than d) is copied first."""
-    buf = np.zeros((2, 2, 300, 64), F32)
-    view = buf[:, :, :257]
-    assert kernels._blas_rows(view) is view
-    for bad in (buf[::-1], buf[:, :, :, ::2], buf[:, :, :, ::-1], np.broadcast_to(buf[:, :, :1], (2, 2, 5, 64))):
-        copy = kernels._blas_rows(bad)
-        assert copy.flags.c_contiguous and np.shares_memory(copy, buf) is False
-        np.testing.assert_array_equal(copy, bad)
+@pytest.mark.skipif(not NUMPY_HAS_OPENBLAS, reason="NumPy's BLAS has no 64-bit cblas_sgemm here: no BLAS kernels")
+@pytest.mark.parametrize("sq", [1, 4])
+def test_blas_attention_reads_a_kv_cache_view_in_place(monkeypatch, sq):
+    """A KV cache hands attention a view of its longer buffer: the BLAS kernels get that view itself.
+    A view BLAS cannot read (a reversed or strided head dimension, rows closer than d, a negative
+    stride) reaches them as a C-contiguous copy, and gives the bits the copy gives."""
+    fz = _runtime.fused()
+    kernels.configure(reset=True, fused=True, threads=1, blas_in_kernels=True)
+    seen = []
+    for name in ("decode_blas_serial", "prefill_blas_serial"):
+        kernel = getattr(fz, name)
+        monkeypatch.setattr(fz, name, lambda *a, _k=kernel: (seen.append(a), _k(*a))[1])
+    rng = np.random.default_rng(11)
+    kbuf, vbuf = (rng.standard_normal((2, 2, 300, 64)).astype(F32) for _ in range(2))
+    q = rng.standard_normal((2, 4, sq, 64)).astype(F32)
+    kview, vview = kbuf[:, :, :257], vbuf[:, :, :257]
+    got = kernels.gqa_attention(q, kview, vview, 2, True, None, None, None, None)
+    assert seen[-1][1] is kview and seen[-1][2] is vview
+    np.testing.assert_array_equal(got, kernels.gqa_attention(q, kview.copy(), vview.copy(), 2, True, None, None,
+                                                             None, None))
+    for cut in (np.s_[::-1], np.s_[:, :, :, ::2], np.s_[:, :, :, ::-1]):
+        k, v = kbuf[cut][:, :, :257], vbuf[cut][:, :, :257]
+        qc = q[..., :k.shape[3]].copy()
+        got = kernels.gqa_attention(qc, k, v, 2, True, None, None, None, None)
+        for passed, view, buf in ((seen[-1][1], k, kbuf), (seen[-1][2], v, vbuf)):
+            assert passed.flags.c_contiguous and not np.shares_memory(passed, buf)
+            np.testing.assert_array_equal(passed, view)
+        np.testing.assert_array_equal(got, kernels.gqa_attention(qc, k.copy(), v.copy(), 2, True, None, None, None,
+                                                                 None))
+    rows = np.broadcast_to(kbuf[:, :, :1], (2, 2, 9, 64))       # stride 0 between rows: copied
+    kernels.gqa_attention(q, rows, rows, 2, False, None, None, None, None)
+    assert seen[-1][1].flags.c_contiguous and not np.shares_memory(seen[-1][1], kbuf)
 
 
 def test_compiling_ahead_compiles_every_fused_kernel():
