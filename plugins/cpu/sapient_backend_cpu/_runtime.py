@@ -45,7 +45,9 @@ result itself, takes 20.5-21.7 µs called straight from Python (NumPy's one-thre
 flat loop, two halves or 8-32 blocks per call all measured the same, and so did inputs and output
 aligned to 64 bytes.  Launching a Numba parallel loop costs ~1.9 µs (8 empty tasks), and the Python
 from the backend object to the kernel ~1.8 µs: 22.3 µs in all, where torch's whole call takes
-19.9-20.7 µs (its kernel, into an existing output, 19.9-22.0).)
+19.9-20.7 µs (its kernel, into an existing output, 19.9-22.0).  benchmarks/bench_two_threads.py
+measures, per op, the call against the kernel it runs on 1 and 2 threads: the fixed cost per call
+(1-6 µs: checks, Python, allocation, launching the pool) is what a second thread cannot share.)
 """
 
 from __future__ import annotations
