@@ -163,7 +163,20 @@ def load():
             return None
         REASON = ""
         FUSED = _fused
+        pool = _pool_size()
+        if THREADS > pool and THREADS_FROM != "configure":
+            logger.warning("sapient-backend-cpu: %s asks for %d threads, but Numba's pool has %d "
+                           "(NUMBA_NUM_THREADS, by default the CPU count): %d run. To remedy this, set "
+                           "NUMBA_NUM_THREADS=%d before Python starts, or ask for fewer threads",
+                           THREADS_FROM, THREADS, pool, pool, THREADS)
         return _fused
+
+
+def _pool_size():
+    """The most threads Numba's pool runs (NUMBA_NUM_THREADS; imports Numba)."""
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
 
 
 def fused():
@@ -269,8 +282,10 @@ def info():
     """What runs now: ``{"fused": bool, "reason": str, "threads": int, "threads_from": str,
     "threading_layer": str|None, "blas_in_kernels": bool, "parallel_min": dict}``.
 
-    ``threads_from`` says where ``threads`` came from: ``"configure"``, ``"SAPIENT_CPU_THREADS"``,
-    ``"OMP_NUM_THREADS"`` or ``"cpus"`` (the CPUs available).  ``blas_in_kernels``: the fused kernels
+    ``threads`` is the most threads a parallel kernel runs on: the count asked for, capped by Numba's
+    pool (``NUMBA_NUM_THREADS``) when the fused kernels run.  ``threads_from`` says where the count
+    came from: ``"configure"``, ``"SAPIENT_CPU_THREADS"``, ``"OMP_NUM_THREADS"`` or ``"cpus"`` (the
+    CPUs available).  ``blas_in_kernels``: the fused kernels
     call NumPy's BLAS from their threads; False when switched off or when NumPy's BLAS has no 64-bit
     cblas_sgemm."""
     fz = fused()
@@ -281,7 +296,8 @@ def info():
             layer = numba.threading_layer()
         except Exception:  # noqa: BLE001 - no parallel kernel has run yet
             layer = None
-    return {"fused": fz is not None, "reason": REASON, "threads": THREADS, "threads_from": THREADS_FROM,
+    threads = THREADS if fz is None else min(THREADS, _pool_size())
+    return {"fused": fz is not None, "reason": REASON, "threads": threads, "threads_from": THREADS_FROM,
             "threading_layer": layer,
             "blas_in_kernels": bool(fz is not None and fz.SGEMM_ADDRESS and BLAS_IN_KERNELS),
             "parallel_min": dict(PARALLEL_MIN)}
