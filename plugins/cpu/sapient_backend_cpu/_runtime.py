@@ -285,9 +285,8 @@ def info():
     ``threads`` is the most threads a parallel kernel runs on: the count asked for, capped by Numba's
     pool (``NUMBA_NUM_THREADS``) when the fused kernels run.  ``threads_from`` says where the count
     came from: ``"configure"``, ``"SAPIENT_CPU_THREADS"``, ``"OMP_NUM_THREADS"`` or ``"cpus"`` (the
-    CPUs available).  ``blas_in_kernels``: the fused kernels
-    call NumPy's BLAS from their threads; False when switched off or when NumPy's BLAS has no 64-bit
-    cblas_sgemm."""
+    CPUs available).  ``blas_in_kernels``: the fused kernels call NumPy's BLAS from their threads;
+    False when switched off or when NumPy's BLAS has no 64-bit cblas_sgemm."""
     fz = fused()
     layer = None
     if fz is not None:
