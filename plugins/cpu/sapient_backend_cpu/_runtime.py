@@ -164,11 +164,11 @@ def load():
         REASON = ""
         FUSED = _fused
         pool = _pool_size()
-        if THREADS > pool and THREADS_FROM != "configure":
-            logger.warning("sapient-backend-cpu: %s asks for %d threads, but Numba's pool has %d "
-                           "(NUMBA_NUM_THREADS, by default the CPU count): %d run. To remedy this, set "
-                           "NUMBA_NUM_THREADS=%d before Python starts, or ask for fewer threads",
-                           THREADS_FROM, THREADS, pool, pool, THREADS)
+        if THREADS > pool and THREADS_FROM == "SAPIENT_CPU_THREADS":    # OMP_NUM_THREADS: a shared hint
+            logger.warning("sapient-backend-cpu: SAPIENT_CPU_THREADS asks for %d threads, but Numba's pool "
+                           "has %d (NUMBA_NUM_THREADS, by default the CPU count): %d run. To remedy this, "
+                           "set NUMBA_NUM_THREADS=%d before Python starts, or ask for fewer threads",
+                           THREADS, pool, pool, THREADS)
         return _fused
 
 

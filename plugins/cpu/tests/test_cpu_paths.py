@@ -259,8 +259,9 @@ def test_openmp_spin_count_is_tamed_unless_the_user_chose(user_env, want):
 
 
 def test_more_threads_than_numbas_pool_are_reported_as_what_runs():
-    """Asking for more threads than Numba's pool holds (NUMBA_NUM_THREADS) warns, naming both counts and
-    the remedy, and info() reports the pool's count: what the parallel kernels run on."""
+    """Asking for more threads than Numba's pool holds (NUMBA_NUM_THREADS) through SAPIENT_CPU_THREADS
+    warns, naming both counts and the remedy; info() reports the pool's count, what the parallel
+    kernels run on, whichever variable asked."""
     code = ("import logging, numpy as np; logging.basicConfig(); from sapient_backend_cpu import kernels; "
             "x = np.ones((1, 128, 2048), np.float32); np.testing.assert_array_equal(kernels.silu(x), kernels.silu(x)); "
             "s = kernels.info(); assert s['threads'] == 1 and s['threads_from'] == 'SAPIENT_CPU_THREADS', s; print('ok')")
@@ -268,6 +269,11 @@ def test_more_threads_than_numbas_pool_are_reported_as_what_runs():
     assert out.stdout.strip() == "ok"
     assert "SAPIENT_CPU_THREADS asks for 3 threads, but Numba's pool has 1" in out.stderr
     assert "NUMBA_NUM_THREADS=3" in out.stderr
+    # OMP_NUM_THREADS is a hint shared with every OpenMP runtime: capped to the pool without a warning
+    env = {key: v for key, v in os.environ.items() if key != "SAPIENT_CPU_THREADS"}
+    out = _python(code.replace("'SAPIENT_CPU_THREADS'", "'OMP_NUM_THREADS'"),
+                  dict(env, OMP_NUM_THREADS="3", NUMBA_NUM_THREADS="1"))
+    assert out.stdout.strip() == "ok" and "asks for" not in out.stderr
 
 
 def test_omp_num_threads_1_keeps_the_fused_kernels_on_one_thread():
