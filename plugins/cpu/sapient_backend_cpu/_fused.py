@@ -676,9 +676,9 @@ def _decode_blas_task(q, k, v, nkv, lo, causal, window, fold, cap, has_cap, kv_m
 @njit(**_OPTS)
 def decode_blas_serial(q, k, v, nkv, lo, causal, window, fold, cap, has_cap, kv_mask, has_mask, out):
     """A decode step with both products in NumPy's BLAS (only when SGEMM_ADDRESS): q and out
-    (B, H, 1, d) C-contiguous, k and v (B, nkv, Sk, d) with unit stride along d and no negative stride
-    (see kernels._attention_blas), keys lo ... Sk - 1 (then kv_mask); window 0 for none; fold (the scale, in
-    log2 units or over the softcap) and cap as in softmax_block_*, as Python floats."""
+    (B, H, 1, d) C-contiguous, k and v (B, nkv, Sk, d) with unit stride along d, rows at least d apart
+    and no negative stride (see kernels._attention_blas), keys lo ... Sk - 1 (then kv_mask); window 0
+    for none; fold and cap as kernels._score_terms gives them, as Python floats."""
     for task in range(q.shape[0] * nkv):
         _decode_blas_task(q, k, v, nkv, lo, causal, window, fold, cap, has_cap, kv_mask, has_mask, out, task)
 

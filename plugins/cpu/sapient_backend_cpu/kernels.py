@@ -610,19 +610,26 @@ def gqa_attention(q, k, v, n_kv_heads, causal, scale, sliding_window, softcap, k
     return _attention_fused(fz, q, k, v, kv, bool(causal), scale, window, softcap, kv_mask)
 
 
+def _score_terms(scale, softcap, kv_mask):
+    """What the fused kernels take for the scores and masks: (fold, cap, has_cap, mask, has_mask).
+    Scores are in log2 units: q K^T times fold = scale * log2(e), or scale / c with a softcap c, whose
+    capped score is then multiplied by cap = c * log2(e); mask is kv_mask as C-contiguous bools (a
+    placeholder when there is none)."""
+    if softcap is None:
+        fold, cap = scale * _LOG2E, 0.0
+    else:
+        fold, cap = scale / float(softcap), float(softcap) * _LOG2E
+    if kv_mask is None:
+        return fold, cap, softcap is not None, _NO_MASK, False
+    return fold, cap, softcap is not None, np.ascontiguousarray(kv_mask, dtype=bool), True
+
+
 def _attention_blas(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
     """Both products in NumPy's BLAS, called from the kernel's tasks (see _fused), so that they run on
     every thread; K and V are read in place (a KV cache's view is not copied), and so are q and the
     output.  Kept lean: a decode step at KV 512 takes ~65 µs on one thread and each µs of Python around
     it shows (benchmarks/bench_two_threads.py)."""
-    if softcap is None:
-        fold, cap, has_cap = scale * _LOG2E, 0.0, False            # scores in log2 units
-    else:
-        fold, cap, has_cap = scale / float(softcap), float(softcap) * _LOG2E, True
-    if kv_mask is None:
-        mask, has_mask = _NO_MASK, False
-    else:
-        mask, has_mask = np.ascontiguousarray(kv_mask, dtype=bool), True
+    fold, cap, has_cap, mask, has_mask = _score_terms(scale, softcap, kv_mask)
     if not q.flags.c_contiguous:
         q = np.ascontiguousarray(q)
     b, h, sq, d = q.shape
@@ -657,13 +664,9 @@ def _attention_fused(fz, q, k, v, kv, causal, scale, window, softcap, kv_mask):
     b, h, sq, d = q.shape
     sk = k.shape[2]
     g = h // kv
-    has_cap = softcap is not None
-    fold = scale / float(softcap) if has_cap else scale * _LOG2E    # scores in log2 units (or / cap)
-    cap = float(softcap) * _LOG2E if has_cap else 0.0
-    mask = _NO_MASK if kv_mask is None else np.ascontiguousarray(kv_mask, dtype=bool)
-    has_mask = kv_mask is not None
-    par = _PAR_MIN["attention"]
+    fold, cap, has_cap, mask, has_mask = _score_terms(scale, softcap, kv_mask)
     fold, cap = _f32c(fold), _f32c(cap)
+    par = _PAR_MIN["attention"]
     if sq == 1:
         # decode: every query sees the same key range; weights from one fused kernel, then one BLAS
         # product per KV head with its group's rows
