@@ -3,10 +3,11 @@
 Each ``check_<op>`` takes the op's arguments, raises :class:`ShapeError` (a ``ValueError``),
 :class:`DTypeError` (a ``TypeError``) or :class:`ArgumentError` (a ``ValueError``: an argument's value
 outside what the op accepts) naming the op and every shape involved, and returns None, except the
-RoPE checks, which return the positions as an integer array (lists and ranges are accepted).  The checks read only
-``.shape`` and ``.dtype`` of the arrays, so they work for NumPy arrays and for any backend's array type
-(``mx.array`` included); ``check_embedding`` alone also reads values (the ids, brought to the host, are
-range-checked).  They are on the hot path: keep them to attribute reads and comparisons.
+RoPE checks, which return the positions as an integer array (lists and ranges are accepted).  The full
+checks read only ``.shape`` and ``.dtype`` of the arrays, so they work for NumPy arrays and for any
+backend's array type (``mx.array`` included); ``check_embedding`` alone also reads values (the ids,
+brought to the host, are range-checked).  Some fast paths also read ``.ndim`` and ``len()`` (rms_norm's
+weight, apply_rope's inv_freq): an array type without them takes the full check every call.  They are on the hot path: keep them to attribute reads and comparisons.
 
 Each check starts with a fast path that accepts the common case (float32 arrays whose shapes fit; for
 ``check_embedding``, at most 64 NumPy integer ids within the vocabulary) and returns; anything else

@@ -179,8 +179,8 @@ TABLE_HEADER = ["op", "backend", "case", "status", "NMSE", "NMSE vs cpu", "max a
 
 # --- metrics -------------------------------------------------------------------------------------------
 
-#: The smallest normal float32.  Values below it in magnitude (float32 subnormals) count as 0 in the
-#: metrics: GPUs flush them to zero (FTZ), and a difference of 1e-39 is not an error of a float32 kernel
+#: The smallest normal float32.  Values below it in magnitude (float32 subnormals) count as 0 in
+#: :func:`nmse`: GPUs flush them to zero (FTZ), and a difference of 1e-39 is not an error of a float32 kernel
 #: (GELU of x < -13.3 is subnormal: the CPU reference keeps it, MLX returns -0.0).
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 

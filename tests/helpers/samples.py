@@ -21,7 +21,7 @@ def valid_args(op: str) -> tuple:
     4 query heads and 2 KV heads of 4."""
     from sapient_core import OPS
     args = _valid_args(op)
-    return args + tuple(a.default for a in OPS[op].args[len(args):])
+    return OPS[op].with_defaults(args)
 
 
 def _valid_args(op: str) -> tuple:
