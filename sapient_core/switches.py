@@ -61,7 +61,7 @@ def flag(name: str, *, bad_means: bool, effect: str, warned: set | None = None) 
     :param effect: what that reading does, for the warning (``"only the CPU reference is loaded"``).
     :param warned: the (variable, value) pairs already warned about (the caller's; updated).
     """
-    raw = os.environ.get(name)
+    raw = os.environ.get(name, "")
     known = on_off(raw)
     if known is not None:
         return known
@@ -91,12 +91,12 @@ def cross_check_fraction(warned: set | None = None) -> float:
     """``SAPIENT_CROSS_CHECK`` as a fraction in [0, 1]: a number (``0.1``), or an on/off spelling
     (on = 1, every call).  Unset, empty or a bad value (warned about): 0, off."""
     name = "SAPIENT_CROSS_CHECK"
-    raw = os.environ.get(name)
+    raw = os.environ.get(name, "")
     known = on_off(raw)
     if known is not None:
         return 1.0 if known else 0.0
     try:
-        return check_fraction(float(raw.strip()))  # type: ignore[union-attr]  # on_off: raw is a str here
+        return check_fraction(float(raw.strip()))
     except (TypeError, ValueError):
         pass
     warn_once(warned, name, raw,
