@@ -24,7 +24,7 @@ hidden key leaves the result undefined).
 Default run: a few dozen examples per op and test, derandomized (the same inputs on every run, as CI
 needs), no example database.  A big run: ``SAPIENT_FUZZ_EXAMPLES=2000 python -m pytest -p no:cacheprovider
 tests/test_fuzz_backends.py``; ``SAPIENT_FUZZ_RANDOM=1`` draws new inputs each run.  The figures (inputs
-tried, agreements, errors compared, fallbacks on bad input) are printed at the end of the session.
+tried, agreements, errors compared) are printed at the end of the session.
 """
 
 from __future__ import annotations
@@ -274,8 +274,6 @@ def check_same_behaviour(backends: tuple, op: str, args: tuple, *, expect_valid:
         assert type(raised.value) is type(exc) and str(raised.value) == str(exc)
         st_mlx = mlx.stats().ops[op]
         figures["invalid: same error on both"] += 1
-        figures["invalid: MLX calls counted"] += st_mlx.calls
-        figures["invalid: MLX fallbacks"] += st_mlx.fallbacks
         assert (st_mlx.calls, st_mlx.fallbacks, st_mlx.routed) == (0, 0, 0)
         return
     figures["valid"] += 1
@@ -290,7 +288,6 @@ def check_same_behaviour(backends: tuple, op: str, args: tuple, *, expect_valid:
     disagreements = compare(op, m, c)
     assert disagreements == {}, disagreements
     figures["valid: agreed"] += 1
-    figures["valid: MLX fallbacks"] += st_mlx.fallbacks
     assert st_mlx.calls == 1 and st_mlx.fallbacks == 0, st_mlx.fallback_reasons
 
 
@@ -322,7 +319,6 @@ def test_negative_stride_views_agree_and_run_on_mlx_itself(backends, op, data):
     FIGURES["negative-stride inputs"] += 1
     check_same_behaviour(backends, op, valid_call(Draw(data, negative=True), op), expect_valid=True, count=False)
     FIGURES["negative-stride: agreed"] += 1
-    FIGURES["negative-stride: MLX fallbacks"] += backends[1].stats().ops[op].fallbacks
 
 
 @pytest.mark.parametrize("op", ["silu", "gelu", "add", "mul"])
