@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+from mlx_helpers import ON_CPU_DEVICE
+
 SCRIPT = pathlib.Path(__file__).resolve().parents[3] / "benchmarks" / "bench_backends.py"
 
 
@@ -38,8 +40,7 @@ def _run_script(name, args, tmp_path):
 
 def test_the_gpu_check_runs_and_prints_every_section(tmp_path):
     # On this machine there is no GPU: without --allow-cpu it says so (exit 2); with it, a quick run.
-    import mlx.core as mx
-    if not mx.metal.is_available() and not mx.cuda.is_available():
+    if ON_CPU_DEVICE:
         proc = _run_script("mlx_gpu_check.py", ["--quick", "--skip-suite"], tmp_path)
         assert proc.returncode == 2 and "No Apple or NVIDIA GPU" in proc.stdout, proc.stdout + proc.stderr
     proc = _run_script("mlx_gpu_check.py", ["--allow-cpu", "--quick", "--skip-suite", "--json", "out.json"],
