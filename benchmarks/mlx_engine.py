@@ -10,10 +10,9 @@ on a GPU does, as mlx-lm does:
   concatenation;
 - every step ends with an evaluation on the device (``eval``) of what the next step needs.
 
-The ops go through the core's backend object (validation, lock, fallback), except ``embedding``; it and
-the layout helpers (``eval``, ``zeros``, ``write``, ``slice``, ``reshape``, ``transpose``) are called on
-the plugin module directly, the hooks behind the ``Backend`` methods of the same names, without the core's layer around
-them (an engine would call the ``Backend`` methods, as ``sapient_core.KVCache`` does).
+Everything goes through the core's backend object (validation, lock, fallback): the ops and the layout
+helpers (``eval``, ``zeros``, ``write``, ``slice``, ``reshape``, ``transpose``), as ``sapient_core.KVCache``
+calls them.
 Used by ``benchmarks/mlx_issue10.py`` and ``benchmarks/mlx_gpu_check.py``.
 """
 
@@ -34,39 +33,37 @@ class DeviceLlama:
 
     def __init__(self, backend: Any, config: Any, weights: dict[str, np.ndarray], max_len: int,
                  batch: int = 1):
-        from sapient_backend_mlx import plugin
-        self.be, self.p, self.c = backend, plugin, config
+        self.be, self.c = backend, config
         self.w = {name: backend.from_numpy(w) for name, w in weights.items()}   # handed over once
         self.max_len, self.batch = max_len, batch
         self.reset()
 
     def reset(self) -> None:
-        c, p = self.c, self.p
+        c, be = self.c, self.be
         shape = (self.batch, c.num_key_value_heads, self.max_len, c.head_size)
-        self.keys = [p.backend_zeros(shape) for _ in range(c.num_hidden_layers)]
-        self.values = [p.backend_zeros(shape) for _ in range(c.num_hidden_layers)]
+        self.keys = [be.zeros(shape) for _ in range(c.num_hidden_layers)]
+        self.values = [be.zeros(shape) for _ in range(c.num_hidden_layers)]
         self.offset = 0
-        p.backend_eval(self.keys + self.values)
+        be.eval(*self.keys, *self.values)
 
     def _heads(self, x: Any, n: int, s: int) -> Any:
-        p = self.p
-        return p.backend_transpose(p.backend_reshape(x, (self.batch, s, n, self.c.head_size)), (0, 2, 1, 3))
+        be = self.be
+        return be.transpose(be.reshape(x, (self.batch, s, n, self.c.head_size)), (0, 2, 1, 3))
 
     def attention(self, i: int, x: Any, s: int, positions: np.ndarray) -> Any:
-        be, p, c, w = self.be, self.p, self.c, self.w
+        be, c, w = self.be, self.c, self.w
         pre = f"model.layers.{i}.self_attn."
         q = be.apply_rope_positions(self._heads(be.linear_3d(x, w[pre + "q_proj.weight"]),
                                                 c.num_attention_heads, s), positions, c.rope_theta)
         k = be.apply_rope_positions(self._heads(be.linear_3d(x, w[pre + "k_proj.weight"]),
                                                 c.num_key_value_heads, s), positions, c.rope_theta)
         v = self._heads(be.linear_3d(x, w[pre + "v_proj.weight"]), c.num_key_value_heads, s)
-        self.keys[i] = p.backend_write(self.keys[i], k, 2, self.offset)
-        self.values[i] = p.backend_write(self.values[i], v, 2, self.offset)
+        self.keys[i] = be.write(self.keys[i], k, 2, self.offset)
+        self.values[i] = be.write(self.values[i], v, 2, self.offset)
         end = self.offset + s
-        o = be.gqa_attention(q, p.backend_slice(self.keys[i], 2, 0, end),
-                             p.backend_slice(self.values[i], 2, 0, end), c.num_key_value_heads, True)
-        o = p.backend_reshape(p.backend_transpose(o, (0, 2, 1, 3)),
-                              (self.batch, s, c.num_attention_heads * c.head_size))
+        o = be.gqa_attention(q, be.slice(self.keys[i], 2, 0, end), be.slice(self.values[i], 2, 0, end),
+                             c.num_key_value_heads, True)
+        o = be.reshape(be.transpose(o, (0, 2, 1, 3)), (self.batch, s, c.num_attention_heads * c.head_size))
         return be.linear_3d(o, w[pre + "o_proj.weight"])
 
     def mlp(self, i: int, x: Any) -> Any:
@@ -77,10 +74,10 @@ class DeviceLlama:
                             w[pre + "down_proj.weight"])
 
     def __call__(self, tokens: np.ndarray) -> np.ndarray:
-        be, p, c, w = self.be, self.p, self.c, self.w
+        be, c, w = self.be, self.c, self.w
         s = tokens.shape[1]
         positions = np.arange(self.offset, self.offset + s, dtype=np.int64)
-        h = p.embedding(tokens, w["model.embed_tokens.weight"])
+        h = be.embedding(tokens, w["model.embed_tokens.weight"])
         for i in range(c.num_hidden_layers):
             pre = f"model.layers.{i}."
             h = be.add(h, self.attention(i, be.rms_norm(h, w[pre + "input_layernorm.weight"], c.rms_norm_eps),
@@ -90,5 +87,5 @@ class DeviceLlama:
         self.offset += s
         logits = be.logits_from_hidden(be.rms_norm(h, w["model.norm.weight"], c.rms_norm_eps),
                                        w["lm_head.weight"])
-        p.backend_eval(self.keys + self.values)        # what the next step needs, on the device
+        be.eval(*self.keys, *self.values)              # what the next step needs, on the device
         return logits
