@@ -348,10 +348,8 @@ def child(family, sample_ms, budget_s, quick, only=None):
     else:
         ops = torch_ops(a)
     res = {op: best_time(fn, sample_ms / 1e3, budget_s) for op, fn in ops.items() if op in (only or ops)}
-    if only:
-        print(json.dumps(res))
-        return
-    res.update(gemv_bandwidth(family, 0.5 if quick else 2.0))
+    if not only:
+        res.update(gemv_bandwidth(family, 0.5 if quick else 2.0))
     if family == "sapient":
         from sapient_backend_cpu import kernels
         res["info"] = kernels.info()
@@ -359,6 +357,44 @@ def child(family, sample_ms, budget_s, quick, only=None):
 
 
 # --- the parent --------------------------------------------------------------------------------------
+
+#: Measuring slack of the two-thread rule: an op passes when its ratio on N threads is at most SLACK times
+#: its ratio on the first thread count.
+SLACK = 1.05
+
+
+def select_ops(spec, names):
+    """The names that contain one of the comma-separated words of ``spec`` (None: no spec), or an error
+    message when none does."""
+    if not spec:
+        return None, None
+    chosen = [name for name in names if any(w in name for w in spec.split(","))]
+    if not chosen:
+        return None, f"--only {spec}: no op matches; the ops: {', '.join(names)}"
+    return chosen, None
+
+
+def run_child(python, script, family, threads, args):
+    """Run ``script --child family args`` by ``python`` with every library's thread count set to
+    ``threads``: its JSON result, or None after printing why it failed."""
+    env = dict(os.environ, SAPIENT_BENCH_THREADS=str(threads), SAPIENT_CPU_THREADS=str(threads),
+               OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    out = subprocess.run([python, os.path.abspath(script), "--child", family, *args], capture_output=True,
+                         text=True, env=env)
+    if out.returncode != 0:
+        print(f"{family} child ({threads} threads) failed:\n{out.stderr[-3000:]}")
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def torch_python_or_notice(torch_python, without):
+    """``torch_python`` when it imports torch, else None after saying what is skipped (``without``)."""
+    if _has_torch(torch_python):
+        return torch_python
+    print(f"(torch not importable by {torch_python}: {without}; pass --torch-python PATH to an interpreter "
+          "with torch==2.13.0)")
+    return None
+
 
 def _has_torch(python):
     try:
@@ -380,41 +416,30 @@ def main(argv=None):
     ap.add_argument("--only", default=None, help="comma-separated words: time only the ops whose name contains "
                                                   "one (e.g. add,mul,attention), and no GEMV lines")
     args = ap.parse_args(argv)
-    only = None
-    if args.only:
-        words = args.only.split(",")
-        only = [op for op in OPS if any(w in op for w in words)]
-        if not only:
-            ap.error(f"--only {args.only}: no op matches; the ops: {', '.join(OPS)}")
+    only, error = select_ops(args.only, list(OPS))
+    if error:
+        ap.error(error)
     if args.child:
         child(args.child, args.sample_ms, args.budget, args.quick, only)
         return 0
     if args.quick:
         args.rounds, args.budget = 1, 0.05
     threads = [int(t) for t in args.threads.split(",")]
-    torch_python = args.torch_python or sys.executable
     families = {"sapient": sys.executable, "numpy": sys.executable}
-    if _has_torch(torch_python):
+    torch_python = torch_python_or_notice(args.torch_python or sys.executable, "the torch column is skipped")
+    if torch_python:
         families["torch"] = torch_python
-    else:
-        print(f"(torch not importable by {torch_python}: the torch column is skipped; "
-              "pass --torch-python PATH to an interpreter with torch==2.13.0)")
     best = {(f, t): {} for f in families for t in threads}
     info = {}
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     for _ in range(args.rounds):
         for t in threads:
             for fam, python in families.items():
-                env = dict(os.environ, SAPIENT_BENCH_THREADS=str(t), SAPIENT_CPU_THREADS=str(t),
-                           OMP_NUM_THREADS=str(t), OPENBLAS_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
-                cmd = [python, os.path.abspath(__file__), "--child", fam, "--sample-ms", str(args.sample_ms),
-                       "--budget", str(args.budget)] + (["--quick"] if args.quick else []) + (
-                       ["--only", ",".join(only)] if only else [])
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if out.returncode != 0:
-                    print(f"{fam} child ({t} threads) failed:\n{out.stderr[-3000:]}")
+                res = run_child(python, __file__, fam, t, ["--sample-ms", str(args.sample_ms), "--budget",
+                                                           str(args.budget)] + (["--quick"] if args.quick else [])
+                                + (["--only", ",".join(only)] if only else []))
+                if res is None:
                     return 1
-                res = json.loads(out.stdout.strip().splitlines()[-1])
                 if "info" in res:
                     info[t] = res.pop("info")
                 for k, v in res.items():
@@ -458,7 +483,7 @@ def report(best, families, threads, info, args, load, load_after, only=None):
                 row += f" {tt * 1e6:.1f} | {r:.2f} | {target or ''} | {ok} |"
                 if t != threads[0]:
                     r1 = best[("sapient", threads[0])][op] / best[("torch", threads[0])][op]
-                    row += f" {r1:.2f} | {'ok' if r <= 1.05 * r1 else 'WORSE'} |"
+                    row += f" {r1:.2f} | {'ok' if r <= SLACK * r1 else 'WORSE'} |"
             print(row)
         gs = best[("sapient", t)]
         if only:

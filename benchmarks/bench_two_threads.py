@@ -25,16 +25,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_cpu_vs_torch import OPS, _has_torch, best_time, inputs, sapient_ops, torch_ops  # noqa: E402
+from bench_cpu_vs_torch import (OPS, SLACK, best_time, inputs, run_child, sapient_ops, select_ops,  # noqa: E402
+                                torch_ops, torch_python_or_notice)
 
-SLACK = 1.05
 CASES = [op for op in OPS if not op.startswith("layer ")]
+
+
+def _spy(kernel, name, calls):
+    def spied(*args):
+        calls.append((name, kernel, args))
+        return kernel(*args)
+    return spied
 
 
 def _capture(call):
@@ -47,7 +53,7 @@ def _capture(call):
     for name, kernel in list(vars(fz).items()):
         if isinstance(kernel, numba.core.registry.CPUDispatcher) and not name.startswith("_"):
             saved[name] = kernel
-            setattr(fz, name, lambda *args, _k=kernel, _n=name: (calls.append((_n, _k, args)), _k(*args))[1])
+            setattr(fz, name, _spy(kernel, name, calls))
     try:
         call()
     finally:
@@ -141,35 +147,27 @@ def main(argv=None):
     ap.add_argument("--torch-python", default=None, help="interpreter with torch (default: this one, if it has torch)")
     ap.add_argument("--only", default=None, help="comma-separated words: only the ops whose name contains one")
     args = ap.parse_args(argv)
-    ops = CASES
-    if args.only:
-        ops = [op for op in CASES if any(w in op for w in args.only.split(","))]
-        if not ops:
-            ap.error(f"--only {args.only}: no op matches; the ops: {', '.join(CASES)}")
+    ops, error = select_ops(args.only, CASES)
+    if error:
+        ap.error(error)
+    ops = ops or CASES
     if args.child:
         child = sapient_child if args.child == "sapient" else torch_child
         print(json.dumps(child(ops, args.sample_ms / 1e3, args.budget)))
         return 0
-    torch_python = args.torch_python or sys.executable
     families = {"sapient": sys.executable}
-    if _has_torch(torch_python):
+    torch_python = torch_python_or_notice(args.torch_python or sys.executable, "no torch column and no rule")
+    if torch_python:
         families["torch"] = torch_python
-    else:
-        print(f"(torch not importable by {torch_python}: no torch column and no rule; "
-              "pass --torch-python PATH to an interpreter with torch==2.13.0)")
     best = {}
     for _ in range(args.rounds):
         for t in (1, 2):
             for fam, python in families.items():
-                env = dict(os.environ, SAPIENT_CPU_THREADS=str(t), OMP_NUM_THREADS=str(t),
-                           OPENBLAS_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t), SAPIENT_BENCH_THREADS=str(t))
-                cmd = [python, os.path.abspath(__file__), "--child", fam, "--sample-ms", str(args.sample_ms),
-                       "--budget", str(args.budget), "--only", ",".join(ops)]
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if out.returncode != 0:
-                    print(f"{fam} child ({t} threads) failed:\n{out.stderr[-3000:]}")
+                res = run_child(python, __file__, fam, t, ["--sample-ms", str(args.sample_ms), "--budget",
+                                                           str(args.budget), "--only", ",".join(ops)])
+                if res is None:
                     return 1
-                _keep_best(best.setdefault((fam, t), {}), json.loads(out.stdout.strip().splitlines()[-1]))
+                _keep_best(best.setdefault((fam, t), {}), res)
     report(best, "torch" in families)
     return 0
 
