@@ -185,10 +185,6 @@ def overhead_table(be, quick):
     pm.register(plugin)
     x = np.ones((1, 1, 8), F32)
     w = np.ones(8, F32)
-    q = np.ones((1, 4, 1, 8), F32)
-    kv = np.ones((1, 2, 3, 8), F32)
-    pos = np.array([2])
-    wl = np.ones((4, 8), F32)
 
     class Plain:
         def rms_norm(self, x, weight, eps):
@@ -199,18 +195,15 @@ def overhead_table(be, quick):
     def per_call(fn):
         return min(timeit.repeat(fn, number=n, repeat=5)) / n
 
+    from bench_overhead import cases      # the same tiny inputs as benchmarks/bench_overhead.py
     from sapient_core.validate import CHECKS
 
-    cases = {
-        "rms_norm": (x, w, 1e-6), "silu": (x,), "add": (x, x), "linear_3d": (x, wl),
-        "apply_rope_positions": (q, pos, 10000.0), "gqa_attention": (q, kv, kv, 2, True),
-    }
     print("\n## Per-call overhead of the backend object (tiny inputs; µs per call; overhead = backend - kernel)\n")
     print("Interleaved rounds, best of each; the validation column is CHECKS[op] called alone (part of the overhead).\n")
     print(f"| {'op':<22} | {'kernel µs':>9} | {'backend µs':>10} | {'overhead µs':>11} | {'of which validation':>19}")
     print(f"|{'-' * 24}|{'-' * 11}|{'-' * 12}|{'-' * 13}|{'-' * 21}")
     from sapient_core import OPS
-    for op, args in cases.items():
+    for op, args in cases().items():
         direct, via_backend, check = getattr(kernels, op), getattr(be, op), CHECKS[op]
         kargs = OPS[op].with_defaults(args)   # the kernels take every argument
         t_k, t_b, t_c = [], [], []
