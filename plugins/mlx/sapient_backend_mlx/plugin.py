@@ -63,7 +63,7 @@ def backend_memory() -> dict[str, Any]:
     report = memory()
     if "details" not in report:                     # MLX did not import: nothing more to add
         return report
-    details = report.setdefault("details", {})
+    details = report["details"]
     try:
         from .cache import WEIGHTS
         stats = WEIGHTS.stats()
